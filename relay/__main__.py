@@ -1,0 +1,7 @@
+"""Entry point for `python -m relay`."""
+
+import sys
+
+from relay.cli import main
+
+sys.exit(main())

@@ -1,0 +1,236 @@
+"""What relay knows about well-known mail providers: endpoints, Sent behaviour, limits."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+class TlsMode(enum.Enum):
+    """How a connection to a mail server is encrypted."""
+
+    IMPLICIT = "implicit"
+    STARTTLS = "starttls"
+
+
+class SentCopy(enum.Enum):
+    """Whether relay APPENDs a copy of each sent mail to the user's Sent folder."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A server to connect to, and how to encrypt the connection."""
+
+    host: str
+    port: int
+    tls: TlsMode
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """The facts relay needs about one provider, with the sources that back them."""
+
+    name: str
+    smtp: Endpoint
+    imap: Endpoint | None
+    files_sent_itself: bool
+    domains: tuple[str, ...]
+    max_recipients: int | None
+    sources: tuple[str, ...]
+
+
+# RFC 8314 §3.3 (465, 993: implicit TLS), RFC 6409 §3.1 (587), RFC 3501 §2.1 (143 + STARTTLS).
+STANDARD_PORTS: Mapping[tuple[str, TlsMode], int] = MappingProxyType(
+    {
+        ("smtp", TlsMode.IMPLICIT): 465,
+        ("smtp", TlsMode.STARTTLS): 587,
+        ("imap", TlsMode.IMPLICIT): 993,
+        ("imap", TlsMode.STARTTLS): 143,
+    }
+)
+
+_GOOGLE_SMTP = Endpoint("smtp.gmail.com", 465, TlsMode.IMPLICIT)
+_GOOGLE_IMAP = Endpoint("imap.gmail.com", 993, TlsMode.IMPLICIT)
+_MICROSOFT_IMAP = Endpoint("outlook.office365.com", 993, TlsMode.IMPLICIT)
+
+_ALL = (
+    Preset(
+        name="gmail",
+        smtp=_GOOGLE_SMTP,
+        imap=_GOOGLE_IMAP,
+        # Google: "don't save sent messages... automatically copied" (help 78892, quoted in [3]).
+        files_sent_itself=True,
+        domains=("gmail.com", "googlemail.com"),
+        # 100 recipients per message via SMTP (secondary sources only).
+        max_recipients=100,
+        sources=(
+            "https://mailconfiguration.com/gmail/gmail-imap-pop-smtp-settings/",
+            "https://github.com/mustang-im/mustang/issues/627",
+            "https://www.wirya.id/2007/09/13/are-there-limits-for-sending-mail.html",
+        ),
+    ),
+    Preset(
+        name="google-workspace",
+        smtp=_GOOGLE_SMTP,
+        imap=_GOOGLE_IMAP,
+        # Same Google statement as for gmail [3]; Workspace uses the same servers.
+        files_sent_itself=True,
+        domains=(),
+        max_recipients=100,
+        sources=(
+            "https://mailconfiguration.com/gmail/gmail-imap-pop-smtp-settings/",
+            "https://github.com/mustang-im/mustang/issues/627",
+            "https://support.google.com/a/answer/166852",
+        ),
+    ),
+    Preset(
+        name="office365",
+        # Exchange Online does not support 465 for client submission [16].
+        smtp=Endpoint("smtp.office365.com", 587, TlsMode.STARTTLS),
+        imap=_MICROSOFT_IMAP,
+        # Microsoft's own comparison lists "Saves to Sent Items" for SMTP AUTH [17].
+        files_sent_itself=True,
+        domains=(),
+        max_recipients=500,
+        sources=(
+            "https://snanc.org/article/how-to-set-up-a-multifunction-device-or-application-to-send-emails-using-microsoft-365-or-office-365",
+            "https://github.com/MicrosoftDocs/OfficeDocs-Exchange/issues/1701",
+            "https://learn.microsoft.com/en-us/answers/questions/2258712/",
+        ),
+    ),
+    Preset(
+        name="outlook",
+        smtp=Endpoint("smtp-mail.outlook.com", 587, TlsMode.STARTTLS),
+        imap=_MICROSOFT_IMAP,
+        # Client reports that Outlook.com files SMTP submissions in Sent [23].
+        files_sent_itself=True,
+        # Outlook.com serves hotmail/live/msn/outlook under many country domains; no list is
+        # documented, so relay does not guess one.
+        domains=(),
+        # 500/msg is documented only for Microsoft 365 subscribers; free accounts get less [22b].
+        max_recipients=None,
+        sources=(
+            "https://techissuestoday.com/how-to-update-outlook-email-settings-to-avoid-losing-access-after-september-16/",
+            "https://github.com/thunderbird/thunderbird-android/issues/7134",
+            "https://support.microsoft.com/en-us/office/sending-limits-in-outlook-com-279ee200-594c-40f0-9ec8-bb6af7735c2e",
+        ),
+    ),
+    Preset(
+        name="yahoo",
+        smtp=Endpoint("smtp.mail.yahoo.com", 465, TlsMode.IMPLICIT),
+        imap=Endpoint("imap.mail.yahoo.com", 993, TlsMode.IMPLICIT),
+        # A 2014 report says Yahoo does not file SMTP submissions [36]; unconfirmed today, so
+        # relay appends (a missing Sent copy is worse than checking for a duplicate).
+        files_sent_itself=False,
+        domains=(),
+        # 100/msg is documented only for Yahoo Small Business [36b].
+        max_recipients=None,
+        sources=(
+            "https://github.com/chatmail/provider-db/blob/master/_providers/yahoo.md",
+            "https://github.com/PHPMailer/PHPMailer/issues/2034",
+            "https://github.com/MailCore/mailcore2/issues/724",
+        ),
+    ),
+    Preset(
+        name="icloud",
+        # Implicit TLS on 587 fails; iCloud offers STARTTLS only [38][40].
+        smtp=Endpoint("smtp.mail.me.com", 587, TlsMode.STARTTLS),
+        imap=Endpoint("imap.mail.me.com", 993, TlsMode.IMPLICIT),
+        # Reports conflict on whether iCloud files its own copy [42], so relay appends.
+        files_sent_itself=False,
+        # iCloud+ allows custom domains, so icloud.com/me.com/mac.com are not the only ones.
+        domains=(),
+        # Current Apple doc says 500/msg; an older one said 100 [39].
+        max_recipients=500,
+        sources=(
+            "https://github.com/chatmail/provider-db/blob/master/_providers/icloud.md",
+            "https://github.com/dawidd6/action-send-mail/issues/84",
+            "https://support.apple.com/en-ca/102198",
+            "https://github.com/kellylford/QuickMail/issues/150",
+        ),
+    ),
+    Preset(
+        name="zoho",
+        smtp=Endpoint("smtp.zoho.com", 465, TlsMode.IMPLICIT),
+        # imap.zoho.com for personal accounts is unconfirmed; Sent needs no IMAP under 'auto'.
+        imap=None,
+        # Zoho files SMTP submissions unless "Do not save a copy in Sent folder" is set [45].
+        files_sent_itself=True,
+        domains=(),
+        max_recipients=None,
+        sources=(
+            "https://www.zoho.com/mail/help/zoho-smtp.html",
+            "https://fgrade.com/post/zoho-mail-smtp-server-configuration",
+            "https://github.com/nylas/sync-engine/issues/365",
+        ),
+    ),
+    Preset(
+        name="zoho-pro",
+        smtp=Endpoint("smtppro.zoho.com", 465, TlsMode.IMPLICIT),
+        imap=Endpoint("imappro.zoho.com", 993, TlsMode.IMPLICIT),
+        # Same per-account Sent setting as personal Zoho accounts [45].
+        files_sent_itself=True,
+        domains=(),
+        max_recipients=None,
+        sources=(
+            "https://www.zoho.com/mail/help/zoho-smtp.html",
+            "https://wiki.brostweb.com/books/external-accounts/chapter/zoho/export/html",
+            "https://fgrade.com/post/zoho-mail-smtp-server-configuration",
+        ),
+    ),
+    Preset(
+        name="fastmail",
+        smtp=Endpoint("smtp.fastmail.com", 465, TlsMode.IMPLICIT),
+        imap=Endpoint("imap.fastmail.com", 993, TlsMode.IMPLICIT),
+        # No source says whether Fastmail files SMTP submissions, so relay appends.
+        files_sent_itself=False,
+        domains=(),
+        max_recipients=None,
+        sources=(
+            "https://www.fastmail.com/help/technical/servernamesandports.html",
+            "https://github.com/chatmail/provider-db/blob/master/_providers/fastmail.md",
+        ),
+    ),
+    Preset(
+        name="aol",
+        smtp=Endpoint("smtp.aol.com", 465, TlsMode.IMPLICIT),
+        imap=Endpoint("imap.aol.com", 993, TlsMode.IMPLICIT),
+        # Unconfirmed; AOL runs on Yahoo's backend, which did not file copies [36], so append.
+        files_sent_itself=False,
+        domains=(),
+        max_recipients=None,
+        sources=("https://github.com/chatmail/provider-db/blob/master/_providers/aol.md",),
+    ),
+    Preset(
+        name="gmx",
+        smtp=Endpoint("mail.gmx.net", 465, TlsMode.IMPLICIT),
+        imap=Endpoint("imap.gmx.net", 993, TlsMode.IMPLICIT),
+        # No source says whether GMX files SMTP submissions, so relay appends.
+        files_sent_itself=False,
+        domains=(),
+        max_recipients=None,
+        sources=("https://github.com/chatmail/provider-db/blob/master/_providers/gmx.net.md",),
+    ),
+)
+
+PRESETS: Mapping[str, Preset] = MappingProxyType({preset.name: preset for preset in _ALL})
+
+
+def address_domain(email: str) -> str:
+    """The lower-cased domain after the last '@' of an address; empty if there is none."""
+    _, at, domain = email.rpartition("@")
+    return domain.rstrip(".").lower() if at else ""
+
+
+def email_fits(email: str, domains: tuple[str, ...]) -> str | None:
+    """None if a provider fixed to these domains (none = any) serves the address, else why not."""
+    if not domains or address_domain(email) in domains:
+        return None
+    expected = " or ".join(f"@{domain}" for domain in domains)
+    return f"{email} is not an address this provider serves (expected {expected})"

@@ -1,0 +1,317 @@
+"""The SMTP listener's policy: local AUTH, envelope checks, and handing DATA to delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import secrets
+import time
+from base64 import b64decode
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from relay.config import ProviderConfig, RelayConfig
+from relay.delivery import (
+    DeliveryReport,
+    TlsContexts,
+    UpstreamAccount,
+    UpstreamTimeouts,
+    one_line,
+    send_message,
+)
+from relay.errors import MasterKeyError, PolicyRejection, RelayError, UpstreamError
+from relay.keys import MasterKey
+from relay.localauth import LocalVerifier
+from relay.message import prepare
+from relay.policy import (
+    effective_recipient_limit,
+    login_refusal,
+    recipient_count_refusal,
+    sender_refusal,
+)
+from relay.store import Store, User, secret_context
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_CREDENTIAL = "upstream_password"
+MAX_REPLY_BYTES = 510
+AUTH_FAILED = login_refusal(None, secret_ok=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the listener needs to authenticate and deliver."""
+
+    config: RelayConfig
+    store: Store
+    master_key: MasterKey
+    verifier: LocalVerifier
+    tls: TlsContexts
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with a session id, session logging and drain awareness."""
+
+    def __init__(self, handler: RelayHandler, tracker: SessionTracker, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.session_id = secrets.token_hex(4)
+        self.tracker = tracker
+        self.opened = time.monotonic()
+
+    def connection_made(self, transport: Any) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.tracker.add(self)
+            logger.info("session.start session=%s peer=%s", self.session_id, _peer(self.session))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        logger.info(
+            "session.end session=%s seconds=%.3f", self.session_id, time.monotonic() - self.opened
+        )
+        self.tracker.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a mail transaction (MAIL given, DATA not finished) is under way."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        if self.tracker.draining:
+            await self.push("421 4.3.2 service shutting down, try again later")
+            self.close_now()
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        await super().smtp_DATA(arg)
+        if self.tracker.draining:
+            self.close_idle()
+
+    def close_idle(self) -> None:
+        """Say goodbye to a client that is between transactions (used when draining)."""
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.in_transaction:
+            self.transport.write(b"421 4.3.2 service shutting down, try again later\r\n")
+            self.close_now()
+
+    def close_now(self) -> None:
+        """Close the client connection."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+class SessionTracker:
+    """The open client sessions, so a drain can wait for them."""
+
+    def __init__(self) -> None:
+        self.sessions: set[RelaySMTP] = set()
+        self.draining = False
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
+
+    def add(self, session: RelaySMTP) -> None:
+        """Remember an open session."""
+        self.sessions.add(session)
+        self.all_closed.clear()
+
+    def discard(self, session: RelaySMTP) -> None:
+        """Forget a closed session."""
+        self.sessions.discard(session)
+        if not self.sessions:
+            self.all_closed.set()
+
+
+class RelayHandler:
+    """aiosmtpd handler hooks: authentication, envelope policy, delivery of DATA."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        """RFC 4616 PLAIN, with an initial response or after a 334 challenge."""
+        blob = await _initial_or_challenge(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 cannot split PLAIN credentials")
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        """The LOGIN mechanism that old apps and Outlook still use."""
+        login = await _initial_or_challenge(server, args, "User Name\0")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password\0")
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, login, password)
+
+    async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
+        name = login.decode("utf-8", "replace")
+        user = self.services.store.find_user(name)
+        secret_ok = user is not None and await self.services.verifier.verify(
+            user.login, user.local_hash, password
+        )
+        refusal = login_refusal(user, secret_ok)
+        if refusal is not None:
+            why = "unknown" if user is None else "disabled" if secret_ok else "bad secret"
+            logger.warning(
+                "auth.failed session=%s login=%r reason=%s", server.session_id, name, why
+            )
+            return AuthResult(success=False, handled=False, message=refusal.reply)
+        logger.info("auth.ok session=%s login=%s", server.session_id, name)
+        return AuthResult(success=True, auth_data=user)
+
+    async def handle_MAIL(  # noqa: N802
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        """Accept only the user's own addresses as envelope sender."""
+        user = _user_of(session)
+        if user.provider not in self.services.config.providers:
+            logger.error("config.missing_provider user=%s provider=%s", user.login, user.provider)
+            return f"451 4.3.5 provider {user.provider!r} of user {user.login!r} is not configured"
+        refusal = sender_refusal(address, user)
+        if refusal is not None:
+            logger.warning(
+                "mail.refused session=%s sender=%r reply=%r",
+                server.session_id,
+                address,
+                refusal.reply,
+            )
+            return refusal.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 sender ok"
+
+    async def handle_RCPT(  # noqa: N802
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        """Accept recipients up to the per-message limit."""
+        user = _user_of(session)
+        provider = self.services.config.providers[user.provider]
+        limit = effective_recipient_limit(
+            self.services.config.limits.max_recipients, provider.max_recipients
+        )
+        refusal = recipient_count_refusal(len(envelope.rcpt_tos), limit)
+        if refusal is not None:
+            return refusal.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 recipient ok"
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        """Send the message upstream while the client waits, and relay the provider's verdict."""
+        user = _user_of(session)
+        provider = self.services.config.providers[user.provider]
+        if envelope.original_content is None or envelope.mail_from is None:
+            return "503 5.5.1 no mail transaction in progress"
+        prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
+        fields = (server.session_id, user.login, prepared.message_id, len(envelope.rcpt_tos))
+        try:
+            report = await self._deliver(
+                user, provider, prepared.sender, envelope.rcpt_tos, prepared.upstream
+            )
+        except RelayError as error:
+            reply = _reply_for(error)
+            logger.warning(
+                "message.failed session=%s user=%s msg_id=%s rcpts=%d reply=%r", *fields, reply
+            )
+            return reply
+        logger.info(
+            "message.sent session=%s user=%s msg_id=%s rcpts=%d upstream=%r refused=%d "
+            "seconds=%.3f",
+            *fields,
+            report.reply,
+            len(report.refused),
+            report.seconds,
+        )
+        return _accepted_reply(report, prepared.message_id)
+
+    async def _deliver(
+        self, user: User, provider: ProviderConfig, sender: str, recipients: list[str], data: bytes
+    ) -> DeliveryReport:
+        if user.sealed_secret is None:
+            raise PolicyRejection(
+                451,
+                "4.7.0",
+                f"no upstream password stored for {user.login}; run 'relay user set-password'",
+            )
+        secret = self.services.master_key.open(
+            user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
+        )
+        config = self.services.config
+        account = UpstreamAccount(provider.smtp, user.upstream_user, secret, provider.ca_file)
+        return await send_message(
+            account,
+            sender,
+            recipients,
+            data,
+            local_hostname=config.hostname,
+            timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
+            tls=self.services.tls,
+        )
+
+
+def _reply_for(error: RelayError) -> str:
+    """The one place an error becomes an SMTP reply line."""
+    if isinstance(error, (PolicyRejection, UpstreamError)):
+        return _fit(error.reply)
+    if isinstance(error, MasterKeyError):
+        return (
+            "451 4.3.0 local key problem: stored upstream secret cannot be opened (see relay log)"
+        )
+    return _fit(f"451 4.3.0 local error: {one_line(str(error))}")
+
+
+def _accepted_reply(report: DeliveryReport, message_id: str) -> str:
+    refused = "; ".join(f"<{rcpt}> {reply}" for rcpt, reply in report.refused.items())
+    tail = f"; refused by provider: {refused}" if refused else ""
+    return _fit(f"250 2.0.0 {message_id} sent, provider said: {report.reply}{tail}")
+
+
+def _fit(reply: str) -> str:
+    # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
+    encoded = reply.encode("utf-8", "replace")
+    if len(encoded) <= MAX_REPLY_BYTES:
+        return reply
+    return encoded[: MAX_REPLY_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str) -> bytes | None:
+    if len(args) == 1:
+        answer = await server.challenge_auth(prompt)
+        return answer if isinstance(answer, bytes) else None
+    try:
+        return b64decode(args[1], validate=True)
+    except (binascii.Error, ValueError):
+        await server.push("501 5.5.2 cannot decode base64")
+        return None
+
+
+def _user_of(session: Session) -> User:
+    user = session.auth_data
+    if not isinstance(user, User):
+        # aiosmtpd answers 530 to MAIL, RCPT and DATA before AUTH; reaching here is a bug.
+        raise RelayError("session has no authenticated user")
+    return user
+
+
+def _peer(session: Session | None) -> str:
+    peer = getattr(session, "peer", None)
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)

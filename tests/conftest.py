@@ -1,0 +1,38 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.peers.mailpeers import MailPeers, peers_available, running_mail_peers
+
+# --- Real Postfix and Dovecot peers (tests/peers/mailpeers.py); mark users pytest.mark.peers ---
+
+
+def _require_mail_peers() -> None:
+    """Skip when the peers cannot run here, or fail if RELAY_REQUIRE_PEERS=1."""
+    problem = peers_available()
+    if problem is None:
+        return
+    if os.environ.get("RELAY_REQUIRE_PEERS") == "1":
+        pytest.fail(problem)
+    pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def mail_peers() -> Iterator[MailPeers]:
+    """Postfix and Dovecot shared by the whole run; tests must not stop them."""
+    _require_mail_peers()
+    with running_mail_peers() as peers:
+        yield peers
+
+
+@pytest.fixture
+def private_mail_peers() -> Iterator[MailPeers]:
+    """Postfix and Dovecot of the test's own, for tests that stop and start them."""
+    _require_mail_peers()
+    with running_mail_peers() as peers:
+        yield peers

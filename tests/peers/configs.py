@@ -1,0 +1,146 @@
+"""Config templates for the private Dovecot and Postfix test peers."""
+
+DOVECOT_COMMON = """\
+base_dir = {run}
+state_dir = {state}
+log_path = {log}
+listen = {host}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+auth_failure_delay = 0
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = {users}
+}}
+mail_location = maildir:~/Maildir
+namespace inbox {{
+  inbox = yes
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = subscribe
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+    auto = subscribe
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+    auto = subscribe
+  }}
+}}
+# Enabled instead of "inbox" by carol's userdb fields: the same Maildir, no special-use flags.
+namespace plain {{
+  inbox = yes
+  disabled = yes
+  mailbox "Itens Enviados" {{
+    auto = subscribe
+  }}
+}}
+# Without this, anvil delays every login after a failed one by 2-15 s.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+
+DOVECOT_DELIVERY = """\
+protocols = lmtp
+ssl = no
+disable_plaintext_auth = no
+service lmtp {
+  unix_listener lmtp-postfix {
+    user = postfix
+    group = postfix
+    mode = 0600
+  }
+}
+service auth {
+  unix_listener auth-postfix {
+    user = postfix
+    group = postfix
+    mode = 0600
+  }
+}
+"""
+
+DOVECOT_IMAP = """\
+protocols = imap
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+# relay's tests may hold more IMAP sessions per user at once than the default 10.
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = {imaps_port}
+    ssl = yes
+  }}
+}}
+"""
+
+POSTFIX_MAIN = """\
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+myhostname = mail.example.org
+mydomain = example.org
+myorigin = $mydomain
+mydestination =
+inet_interfaces = {host}
+inet_protocols = ipv4
+mynetworks = {host}/32
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+alias_maps =
+alias_database =
+biff = no
+maillog_file = {log}
+maillog_file_prefixes = {log_dir}
+virtual_mailbox_domains = example.org example.net
+virtual_mailbox_maps = inline:{{ {mailboxes} }}
+virtual_transport = lmtp:unix:{lmtp}
+message_size_limit = 41943040
+smtpd_tls_chain_files = {key}, {cert}
+smtpd_tls_security_level = may
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = {auth}
+smtpd_sasl_auth_enable = no
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+"""
+
+POSTFIX_SERVICES = (
+    "rewrite unix - - n - - trivial-rewrite",
+    "cleanup unix n - n - 0 cleanup",
+    "qmgr unix n - n 300 1 qmgr",
+    "tlsmgr unix - - n 1000? 1 tlsmgr",
+    "bounce unix - - n - 0 bounce",
+    "defer unix - - n - 0 bounce",
+    "trace unix - - n - 0 bounce",
+    "verify unix - - n - 1 verify",
+    "flush unix n - n 1000? 0 flush",
+    "proxymap unix - - n - - proxymap",
+    "proxywrite unix - - n - 1 proxymap",
+    "smtp unix - - n - - smtp",
+    "relay unix - - n - - smtp",
+    "showq unix n - n - - showq",
+    "error unix - - n - - error",
+    "retry unix - - n - - error",
+    "discard unix - - n - - discard",
+    "lmtp unix - - n - - lmtp",
+    "anvil unix - - n - 1 anvil",
+    "scache unix - - n - 1 scache",
+    "postlog unix-dgram n - n - 1 postlogd",
+)

@@ -1,0 +1,190 @@
+"""The `relay` command line as an operator uses it."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from relay.keys import load_key
+from relay.localauth import verify_stored_hash
+from relay.server import UPSTREAM_CREDENTIAL
+from relay.store import Store, secret_context
+from tests.harness import RelaySetup, write_config
+
+LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> RelaySetup:
+    """An initialised relay with an explicit provider 'lab' and a gmail preset 'agency'."""
+    return write_config(tmp_path, {"lab": LAB, "agency": {"preset": "gmail"}})
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_creates_private_state_dir_database_and_key(setup: RelaySetup) -> None:
+    assert mode(setup.state_dir) == 0o700
+    assert mode(setup.state_dir / "relay.db") == 0o600
+    assert mode(setup.key_file) == 0o600
+    assert len(setup.key_file.read_bytes()) == 32
+
+
+def test_second_init_refuses_to_replace_the_key(setup: RelaySetup) -> None:
+    before = setup.key_file.read_bytes()
+    result = setup.cli("init")
+    assert result.status != 0
+    assert "refusing to overwrite" in result.err
+    assert setup.key_file.read_bytes() == before
+
+
+def test_user_add_prints_the_local_secret_once_and_seals_the_password(setup: RelaySetup) -> None:
+    secret = setup.add_user("alice", "lab", "alice@example.org", "upstream pass word")
+    assert len(secret) >= 22 and " " not in secret
+    store = Store.open(setup.state_dir / "relay.db")
+    user = store.get_user("alice")
+    store.close()
+    assert verify_stored_hash(user.local_hash, secret.encode())
+    assert user.sealed_secret is not None
+    opened = load_key(setup.key_file).open(
+        user.sealed_secret, secret_context("alice", UPSTREAM_CREDENTIAL)
+    )
+    assert opened.reveal() == "upstream pass word"
+    shown = setup.cli("user", "show", "alice")
+    assert shown.status == 0 and secret not in shown.out and "upstream pass word" not in shown.out
+    assert "stored, sealed" in shown.out
+
+
+def test_user_list_shows_state_without_secrets(setup: RelaySetup) -> None:
+    setup.add_user("alice", "lab", "alice@example.org", "pw-alice")
+    setup.add_user("bob", "lab", "bob@example.org", "pw-bob")
+    assert setup.cli("user", "disable", "bob").status == 0
+    listing = setup.cli("user", "list").out.splitlines()
+    assert listing[1].split() == ["alice", "lab", "alice@example.org", "enabled"]
+    assert listing[2].split() == ["bob", "lab", "bob@example.org", "disabled"]
+    assert "pw-" not in "\n".join(listing)
+
+
+def test_gmail_preset_refuses_an_address_at_another_domain(setup: RelaySetup) -> None:
+    result = setup.cli(
+        "user",
+        "add",
+        "alice",
+        "--provider",
+        "agency",
+        "--email",
+        "alice@example.org",
+        "--password-stdin",
+        stdin="pw\n",
+    )
+    assert result.status == 1
+    assert "gmail" in result.err and "alice@example.org" in result.err
+
+
+def test_unknown_provider_lists_the_configured_ones(setup: RelaySetup) -> None:
+    result = setup.cli(
+        "user",
+        "add",
+        "alice",
+        "--provider",
+        "nope",
+        "--email",
+        "a@example.org",
+        "--password-stdin",
+        stdin="pw\n",
+    )
+    assert result.status == 1
+    assert "unknown provider 'nope'" in result.err and "agency, lab" in result.err
+
+
+def test_display_name_with_a_line_break_is_refused(setup: RelaySetup) -> None:
+    result = setup.cli(
+        "user",
+        "add",
+        "alice",
+        "--provider",
+        "lab",
+        "--email",
+        "alice@example.org",
+        "--display-name",
+        "Alice\r\nBcc: victim@example.net",
+        "--password-stdin",
+        stdin="pw\n",
+    )
+    assert result.status == 1 and "--display-name" in result.err
+
+
+def test_new_secret_replaces_the_old_one(setup: RelaySetup) -> None:
+    old = setup.add_user("alice", "lab", "alice@example.org", "pw")
+    result = setup.cli("user", "new-secret", "alice")
+    new = result.out.strip()
+    store = Store.open(setup.state_dir / "relay.db")
+    stored = store.get_user("alice").local_hash
+    store.close()
+    assert new != old
+    assert verify_stored_hash(stored, new.encode())
+    assert not verify_stored_hash(stored, old.encode())
+
+
+def test_chosen_local_password_is_stored_with_a_slow_hash_and_not_printed(
+    setup: RelaySetup, tmp_path: Path
+) -> None:
+    chosen = tmp_path / "local.txt"
+    chosen.write_text("a long chosen local secret\n")
+    result = setup.cli(
+        "user",
+        "add",
+        "alice",
+        "--provider",
+        "lab",
+        "--email",
+        "alice@example.org",
+        "--password-stdin",
+        "--local-password-file",
+        str(chosen),
+        stdin="pw\n",
+    )
+    assert result.status == 0 and result.out == ""
+    shown = setup.cli("user", "show", "alice").out
+    assert "chosen (scrypt hash)" in shown
+
+
+def test_set_password_reseals_the_new_upstream_password(setup: RelaySetup, tmp_path: Path) -> None:
+    setup.add_user("alice", "lab", "alice@example.org", "old-pw")
+    new_file = tmp_path / "new.txt"
+    new_file.write_text("new-pw\n")
+    assert setup.cli("user", "set-password", "alice", "--password-file", str(new_file)).status == 0
+    store = Store.open(setup.state_dir / "relay.db")
+    sealed = store.get_user("alice").sealed_secret
+    store.close()
+    assert sealed is not None
+    key = load_key(setup.key_file)
+    assert key.open(sealed, secret_context("alice", UPSTREAM_CREDENTIAL)).reveal() == "new-pw"
+
+
+def test_commands_on_an_unknown_user_fail_with_its_name(setup: RelaySetup) -> None:
+    for action in ("show", "remove", "enable", "disable"):
+        result = setup.cli("user", action, "ghost")
+        assert result.status == 1 and "'ghost'" in result.err
+
+
+def test_config_check_prints_the_resolved_preset(setup: RelaySetup) -> None:
+    result = setup.cli("config", "check")
+    assert result.status == 0
+    assert "smtp.gmail.com" in result.out
+
+
+def test_config_check_names_file_and_key_of_a_bad_value(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("providers:\n  lab:\n    smtp: {host: h, port: abc, tls: starttls}\n")
+    result = RelaySetup(tmp_path).cli("config", "check")
+    assert result.status == 1
+    assert str(config) in result.err and "providers.lab.smtp.port" in result.err
+
+
+def test_missing_config_file_says_where_it_looked(tmp_path: Path) -> None:
+    result = RelaySetup(tmp_path / "nowhere").cli("user", "list")
+    assert result.status == 1 and "nowhere/config.yaml" in result.err
