@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from relay.config import load_config
 
+from relay.config import load_config
 from relay.daemon import Daemon, open_services
 
 LISTENING = re.compile(r"relay\.listening address=(\S+) port=(\d+)")
