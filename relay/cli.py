@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -27,8 +28,8 @@ from relay.localauth import (
     is_slow_hash,
 )
 from relay.providers import email_fits
-from relay.server import UPSTREAM_CREDENTIAL
-from relay.store import Store, User, secret_context
+from relay.spool import delete_message, make_id_due, open_database, select_entries
+from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
 
 LOGIN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 # Deliberately strict: an address that goes into an SMTP envelope must not carry controls or spaces.
@@ -75,7 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_config_check
     )
     _add_user_commands(commands.add_parser("user", help="manage users"))
+    _add_queue_commands(commands.add_parser("queue", help="inspect and steer the mail queue"))
     return parser
+
+
+def _add_queue_commands(queue_parser: argparse.ArgumentParser) -> None:
+    actions = queue_parser.add_subparsers(required=True, metavar="ACTION")
+    actions.add_parser("list", help="queued mail, oldest first").set_defaults(run=cmd_queue_list)
+    retry = actions.add_parser("retry", help="try queued mail again now")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", help="queue id from 'relay queue list'")
+    target.add_argument("--all", action="store_true", help="every queued message")
+    retry.set_defaults(run=cmd_queue_retry)
+    drop = actions.add_parser("drop", help="delete a queued message without sending it")
+    drop.add_argument("id")
+    drop.set_defaults(run=cmd_queue_drop)
 
 
 def _add_user_commands(user_parser: argparse.ArgumentParser) -> None:
@@ -129,6 +144,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     config = _config(args)
     config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     Store.create(config.database_path).close()
+    open_database(config.spool_path).close()
     create_key_file(config.key_file)
     print(f"created {config.state_dir} (database {config.database_path})")
     print(f"created key file {config.key_file}: back it up; without it stored secrets are lost")
@@ -363,3 +379,67 @@ def _checked_text(text: str | None, flag: str) -> str | None:
 
 def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    """Print the queue: id, user, age, attempts, next try, last reply."""
+    with _open_spool(_config(args)) as db:
+        entries = select_entries(db, None)
+    now = time.time()
+    print(f"{'ID':<17} {'USER':<16} {'AGE':>7} {'TRIES':>5} {'NEXT':>7}  LAST REPLY")
+    for entry in entries:
+        next_try = "now" if entry.next_attempt <= now else _duration(entry.next_attempt - now)
+        print(
+            f"{entry.id:<17} {entry.login:<16} {_duration(now - entry.received_at):>7} "
+            f"{entry.attempts:>5} {next_try:>7}  {entry.last_reply or '-'}"
+        )
+        for address in entry.pending:
+            print(f"{'':<17} -> {address}")
+    print(f"{len(entries)} queued")
+    return 0
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    """Make queued mail due now; the running daemon picks it up within a second."""
+    with _open_spool(_config(args)) as db:
+        ids = [e.id for e in select_entries(db, None)] if args.all else [args.id]
+        moved = sum(make_id_due(db, queue_id, time.time()) for queue_id in ids)
+    if not args.all and moved == 0:
+        raise UsageError(f"no queued message with id {args.id!r}")
+    print(f"{moved} message(s) due for retry now")
+    return 0
+
+
+def cmd_queue_drop(args: argparse.Namespace) -> int:
+    """Delete one queued message; says who dropped what."""
+    with _open_spool(_config(args)) as db:
+        entries = select_entries(db, None, args.id)
+        if not entries or not delete_message(db, args.id):
+            raise UsageError(f"no queued message with id {args.id!r}")
+    entry = entries[0]
+    operator = os.environ.get("SUDO_USER") or getpass.getuser()
+    print(
+        f"queue.dropped id={entry.id} by={operator} user={entry.login} "
+        f"msg_id={entry.message_id} rcpts={','.join(entry.pending) or '-'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+@contextmanager
+def _open_spool(config: RelayConfig) -> Iterator[sqlite3.Connection]:
+    if not config.spool_path.is_file():
+        raise UsageError(f"no queue at {config.spool_path} (run 'relay init' first)")
+    db = open_database(config.spool_path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

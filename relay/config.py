@@ -105,6 +105,22 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """The durable queue: how long the app waits, how retries back off, when mail expires."""
+
+    first_attempt_timeout: float = 10.0
+    min_backoff: float = 300.0
+    max_backoff: float = 3600.0
+    lifetime: float = 5 * 24 * 3600.0
+    delay_warning: float = 0.0
+    per_user_concurrency: int = 1
+    max_connections_per_user: int = 4
+    connection_idle_timeout: float = 60.0
+    duplicate_window: float = 300.0
+    min_free_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """What relay logs."""
 
@@ -123,6 +139,7 @@ class RelayConfig:
     shutdown_grace: float = 30.0
     limits: LimitsConfig = LimitsConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    queue: QueueConfig = QueueConfig()
     logging: LoggingConfig = LoggingConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -130,6 +147,11 @@ class RelayConfig:
     def database_path(self) -> Path:
         """The SQLite database inside the state directory."""
         return self.state_dir / "relay.db"
+
+    @property
+    def spool_path(self) -> Path:
+        """The durable queue's database inside the state directory."""
+        return self.state_dir / "spool.db"
 
 
 def _keys(kind: type[DataclassInstance], *internal: str) -> tuple[str, ...]:
@@ -193,6 +215,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> RelayConfig:
         shutdown_grace=or_default(reader.seconds(top, "shutdown_grace", allow_zero=True), 30.0),
         limits=_limits(reader, reader.child(top, "limits", _keys(LimitsConfig))),
         upstream=_upstream(reader, reader.child(top, "upstream", _keys(UpstreamConfig))),
+        queue=_queue(reader, reader.child(top, "queue", _keys(QueueConfig))),
         logging=_logging(reader, reader.child(top, "logging", _keys(LoggingConfig))),
         providers=_providers(reader, top),
     )
@@ -368,6 +391,39 @@ def _upstream(reader: Reader, s: Section) -> UpstreamConfig:
         connect_timeout=or_default(reader.seconds(s, "connect_timeout"), default.connect_timeout),
         timeout=or_default(reader.seconds(s, "timeout"), default.timeout),
     )
+
+
+def _queue(reader: Reader, s: Section) -> QueueConfig:
+    default = QueueConfig()
+    config = QueueConfig(
+        first_attempt_timeout=or_default(
+            reader.seconds(s, "first_attempt_timeout"), default.first_attempt_timeout
+        ),
+        min_backoff=or_default(reader.seconds(s, "min_backoff"), default.min_backoff),
+        max_backoff=or_default(reader.seconds(s, "max_backoff"), default.max_backoff),
+        lifetime=or_default(reader.seconds(s, "lifetime"), default.lifetime),
+        delay_warning=or_default(
+            reader.seconds(s, "delay_warning", allow_zero=True), default.delay_warning
+        ),
+        per_user_concurrency=or_default(
+            reader.integer(s, "per_user_concurrency"), default.per_user_concurrency
+        ),
+        max_connections_per_user=or_default(
+            reader.integer(s, "max_connections_per_user"), default.max_connections_per_user
+        ),
+        connection_idle_timeout=or_default(
+            reader.seconds(s, "connection_idle_timeout"), default.connection_idle_timeout
+        ),
+        duplicate_window=or_default(
+            reader.seconds(s, "duplicate_window", allow_zero=True), default.duplicate_window
+        ),
+        min_free_bytes=or_default(
+            reader.integer(s, "min_free_bytes", low=0), default.min_free_bytes
+        ),
+    )
+    if config.max_backoff < config.min_backoff:
+        reader.fail(s.key("max_backoff"), "must not be smaller than min_backoff")
+    return config
 
 
 def _logging(reader: Reader, s: Section) -> LoggingConfig:

@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from contextlib import suppress
 
 from relay.config import ListenerConfig, RelayConfig
-from relay.delivery import TlsContexts
+from relay.delivery import TlsContexts, UpstreamTimeouts
 from relay.keys import key_path, load_key
 from relay.localauth import LocalVerifier
+from relay.pool import UpstreamPool
+from relay.runner import QueueRunner
 from relay.server import RelayHandler, RelaySMTP, Services, SessionTracker
+from relay.spool import Spool
 from relay.store import Store
 
 logger = logging.getLogger(__name__)
@@ -24,14 +27,19 @@ IDLE_CLIENT_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server should wait at lea
 
 
 def open_services(config: RelayConfig, environ: Mapping[str, str]) -> Services:
-    """Open the store and master key that the listener needs."""
-    return Services(
-        config=config,
-        store=Store.open(config.database_path),
-        master_key=load_key(key_path(config.key_file, environ)),
-        verifier=LocalVerifier(),
+    """Open the store, master key and spool, and build the queue runner on them."""
+    master_key = load_key(key_path(config.key_file, environ))
+    store = Store.open(config.database_path)
+    pool = UpstreamPool(
+        local_hostname=config.hostname,
+        timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
         tls=TlsContexts(),
+        max_per_key=config.queue.max_connections_per_user,
+        idle_timeout=config.queue.connection_idle_timeout,
     )
+    spool = Spool.open(config.spool_path)
+    runner = QueueRunner(config, store, master_key, spool, pool)
+    return Services(config=config, store=store, verifier=LocalVerifier(), runner=runner)
 
 
 class Daemon:
@@ -44,6 +52,8 @@ class Daemon:
         self._servers: list[asyncio.Server] = []
         self._shutdown = asyncio.Event()
         self._force = asyncio.Event()
+        self._runner_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -55,6 +65,8 @@ class Daemon:
         async with asyncio.timeout(START_DEADLINE):
             for listener in self.services.config.listen:
                 self._servers.append(await self._bind(listener))
+        # Queued mail from before a stop or crash is due at once: the runner resumes it.
+        self._runner_task = asyncio.create_task(self.services.runner.run())
         for address, port in self.addresses:
             logger.info("relay.listening address=%s port=%d", address, port)
 
@@ -103,6 +115,7 @@ class Daemon:
         for session in list(self.tracker.sessions):
             session.close_idle()
         logger.info("relay.draining sessions=%d grace=%.0fs", len(self.tracker.sessions), grace)
+        deadline = asyncio.get_running_loop().time() + grace
         closed = asyncio.ensure_future(self.tracker.all_closed.wait())
         forced = asyncio.ensure_future(self._force.wait())
         try:
@@ -110,6 +123,9 @@ class Daemon:
         finally:
             closed.cancel()
             forced.cancel()
+        left = 0.0 if self._force.is_set() else deadline - asyncio.get_running_loop().time()
+        # Attempts cut short stay queued: nothing is recorded until an attempt completes.
+        await self.services.runner.stop(max(0.0, left))
 
     async def stop(self) -> None:
         """Close whatever is left; safe to call more than once."""
@@ -119,6 +135,14 @@ class Daemon:
         for session in list(self.tracker.sessions):
             session.close_now()
         await asyncio.sleep(0)  # let connection_lost callbacks run before the loop goes away
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.services.runner.stop(0.0)
+        if self._runner_task is not None:
+            self._runner_task.cancel()
+            await asyncio.gather(self._runner_task, return_exceptions=True)
+        self.services.runner.spool.close()
         self.services.store.close()
         logger.info("relay.stopped")
 

@@ -1,10 +1,8 @@
-"""Sending one message upstream through the user's provider account over verified TLS."""
+"""What talking to a provider needs: accounts, TLS policy, and reading its replies."""
 
 from __future__ import annotations
 
-import logging
 import ssl
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +17,7 @@ from relay.errors import (
     UpstreamUnavailable,
 )
 from relay.keys import Secret
-from relay.providers import Endpoint, TlsMode
-
-logger = logging.getLogger(__name__)
+from relay.providers import Endpoint
 
 _ENHANCED_PREFIXES = ("2.", "4.", "5.")
 # Reply codes that make sense as the answer to DATA (RFC 5321 §4.3.2); others are mapped to 554.
@@ -39,11 +35,13 @@ class UpstreamAccount:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryReport:
-    """What the provider said about one message."""
+class SendOutcome:
+    """The provider's verdict on each recipient of one message."""
 
     reply: str
-    refused: dict[str, str] = field(default_factory=dict)
+    delivered: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -71,68 +69,6 @@ class TlsContexts:
         return context
 
 
-async def send_message(
-    account: UpstreamAccount,
-    sender: str,
-    recipients: list[str],
-    message: bytes,
-    *,
-    local_hostname: str,
-    timeouts: UpstreamTimeouts,
-    tls: TlsContexts,
-) -> DeliveryReport:
-    """Log in to the provider and send one message; raise an UpstreamError with its reply."""
-    started = time.monotonic()
-    endpoint = account.endpoint
-    client = aiosmtplib.SMTP(
-        hostname=endpoint.host,
-        port=endpoint.port,
-        use_tls=endpoint.tls is TlsMode.IMPLICIT,
-        # True (not None) makes STARTTLS mandatory: never fall back to plaintext.
-        start_tls=endpoint.tls is TlsMode.STARTTLS,
-        tls_context=tls.for_ca_file(account.ca_file),
-        local_hostname=local_hostname,
-        timeout=timeouts.command,
-    )
-    where = f"{endpoint.host}:{endpoint.port}"
-    try:
-        await client.connect(timeout=timeouts.connect)
-        await _login(client, account, where)
-        refused, reply = await client.sendmail(sender, recipients, message)
-    except UpstreamError:
-        raise
-    except (aiosmtplib.SMTPException, OSError) as error:
-        raise upstream_error(error, where) from None
-    finally:
-        await _close(client)
-    return DeliveryReport(
-        reply=one_line(reply),
-        refused={rcpt: f"{r.code} {one_line(r.message)}" for rcpt, r in refused.items()},
-        seconds=time.monotonic() - started,
-    )
-
-
-async def _login(client: aiosmtplib.SMTP, account: UpstreamAccount, where: str) -> None:
-    try:
-        await client.login(account.username, account.secret.reveal())
-    except aiosmtplib.SMTPAuthenticationError as error:
-        text = (
-            f"login as {account.username} at {where} failed: {error.code} {one_line(error.message)}"
-        )
-        if 400 <= error.code < 500:
-            raise TemporaryFailure(451, _enhanced(error.message, "4.7.0"), text) from None
-        raise PermanentFailure(554, _enhanced(error.message, "5.7.8"), text) from None
-
-
-async def _close(client: aiosmtplib.SMTP) -> None:
-    if not client.is_connected:
-        return
-    try:
-        await client.quit(timeout=5.0)
-    except (aiosmtplib.SMTPException, OSError):
-        client.close()
-
-
 def upstream_error(error: BaseException, where: str) -> UpstreamError:
     """Classify an aiosmtplib or socket error as temporary or permanent, keeping the reply."""
     tls_problem = _tls_cause(error)
@@ -157,6 +93,19 @@ def upstream_error(error: BaseException, where: str) -> UpstreamError:
             451, "4.7.5", f"{where} does not offer STARTTLS; refusing to send in plaintext"
         )
     return UpstreamUnavailable(451, "4.4.1", f"{where} unreachable: {one_line(str(error))}")
+
+
+def reply_error(code: int, message: str, where: str) -> UpstreamError:
+    """The error for a whole-message refusal, keeping the provider's words."""
+    return _from_reply(code, message, f"{where} said: {code} {one_line(message)}")
+
+
+def auth_error(code: int, message: str, username: str, where: str) -> UpstreamError:
+    """The error for a refused upstream login."""
+    text = f"login as {username} at {where} failed: {code} {one_line(message)}"
+    if 400 <= code < 500:
+        return TemporaryFailure(451, _enhanced(message, "4.7.0"), text)
+    return PermanentFailure(554, _enhanced(message, "5.7.8"), text)
 
 
 def _from_reply(code: int, message: str, text: str) -> UpstreamError:

@@ -83,3 +83,12 @@ class UpstreamTimeout(TemporaryFailure, TimeoutError):
 
 class UpstreamTlsError(TemporaryFailure):
     """The provider's TLS certificate was not trusted or not for its host name."""
+
+
+def smtp_reply(error: RelayError) -> str:
+    """The one place an error becomes an SMTP reply line."""
+    if isinstance(error, PolicyRejection | UpstreamError):
+        return error.reply
+    if isinstance(error, MasterKeyError):
+        return "451 4.3.0 local key problem: a stored upstream secret cannot be opened (see log)"
+    return "451 4.3.0 local error: " + " ".join(str(error).split())

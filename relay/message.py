@@ -21,6 +21,7 @@ class PreparedMessage:
     body: bytes
     message_id: str
     sender: str
+    app_message_id: bool = True  # False when relay made the Message-ID up
 
     @property
     def upstream(self) -> bytes:
@@ -94,6 +95,7 @@ def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessa
         body=body,
         message_id=message_id,
         sender=sender,
+        app_message_id=bool(message_ids),
     )
 
 

@@ -13,17 +13,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from relay.config import ProviderConfig, RelayConfig
-from relay.delivery import (
-    DeliveryReport,
-    TlsContexts,
-    UpstreamAccount,
-    UpstreamTimeouts,
-    one_line,
-    send_message,
-)
-from relay.errors import MasterKeyError, PolicyRejection, RelayError, UpstreamError
-from relay.keys import MasterKey
+from relay.config import RelayConfig
+from relay.errors import RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
 from relay.policy import (
@@ -32,13 +23,12 @@ from relay.policy import (
     recipient_count_refusal,
     sender_refusal,
 )
-from relay.store import Store, User, secret_context
+from relay.runner import QueueRunner
+from relay.store import Store, User
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM_CREDENTIAL = "upstream_password"
 MAX_REPLY_BYTES = 510
-AUTH_FAILED = login_refusal(None, secret_ok=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +37,8 @@ class Services:
 
     config: RelayConfig
     store: Store
-    master_key: MasterKey
     verifier: LocalVerifier
-    tls: TlsContexts
+    runner: QueueRunner
 
 
 class RelaySMTP(SMTP):
@@ -216,73 +205,24 @@ class RelayHandler:
         return "250 2.1.5 recipient ok"
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
-        """Send the message upstream while the client waits, and relay the provider's verdict."""
+        """Spool the message, try it once while the app waits, and relay the verdict."""
         user = _user_of(session)
-        provider = self.services.config.providers[user.provider]
         if envelope.original_content is None or envelope.mail_from is None:
             return "503 5.5.1 no mail transaction in progress"
         prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
-        fields = (server.session_id, user.login, prepared.message_id, len(envelope.rcpt_tos))
         try:
-            report = await self._deliver(
-                user, provider, prepared.sender, envelope.rcpt_tos, prepared.upstream
-            )
+            reply = await self.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
         except RelayError as error:
-            reply = _reply_for(error)
-            logger.warning(
-                "message.failed session=%s user=%s msg_id=%s rcpts=%d reply=%r", *fields, reply
-            )
-            return reply
+            reply = smtp_reply(error)
         logger.info(
-            "message.sent session=%s user=%s msg_id=%s rcpts=%d upstream=%r refused=%d "
-            "seconds=%.3f",
-            *fields,
-            report.reply,
-            len(report.refused),
-            report.seconds,
+            "message.reply session=%s user=%s msg_id=%s rcpts=%d reply=%r",
+            server.session_id,
+            user.login,
+            prepared.message_id,
+            len(envelope.rcpt_tos),
+            reply,
         )
-        return _accepted_reply(report, prepared.message_id)
-
-    async def _deliver(
-        self, user: User, provider: ProviderConfig, sender: str, recipients: list[str], data: bytes
-    ) -> DeliveryReport:
-        if user.sealed_secret is None:
-            raise PolicyRejection(
-                451,
-                "4.7.0",
-                f"no upstream password stored for {user.login}; run 'relay user set-password'",
-            )
-        secret = self.services.master_key.open(
-            user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
-        )
-        config = self.services.config
-        account = UpstreamAccount(provider.smtp, user.upstream_user, secret, provider.ca_file)
-        return await send_message(
-            account,
-            sender,
-            recipients,
-            data,
-            local_hostname=config.hostname,
-            timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
-            tls=self.services.tls,
-        )
-
-
-def _reply_for(error: RelayError) -> str:
-    """The one place an error becomes an SMTP reply line."""
-    if isinstance(error, (PolicyRejection, UpstreamError)):
-        return _fit(error.reply)
-    if isinstance(error, MasterKeyError):
-        return (
-            "451 4.3.0 local key problem: stored upstream secret cannot be opened (see relay log)"
-        )
-    return _fit(f"451 4.3.0 local error: {one_line(str(error))}")
-
-
-def _accepted_reply(report: DeliveryReport, message_id: str) -> str:
-    refused = "; ".join(f"<{rcpt}> {reply}" for rcpt, reply in report.refused.items())
-    tail = f"; refused by provider: {refused}" if refused else ""
-    return _fit(f"250 2.0.0 {message_id} sent, provider said: {report.reply}{tail}")
+        return _fit(reply)
 
 
 def _fit(reply: str) -> str:

@@ -56,6 +56,9 @@ class User:
         return tuple(dict.fromkeys(a.lower() for a in (self.email, *self.aliases)))
 
 
+UPSTREAM_CREDENTIAL = "upstream_password"  # the name of the sealed field, not a secret
+
+
 def secret_context(login: str, what: str) -> bytes:
     """Associated data that binds a sealed secret to its user and field."""
     return f"relay user={login} field={what}".encode()

@@ -9,8 +9,7 @@ import pytest
 
 from relay.keys import load_key
 from relay.localauth import verify_stored_hash
-from relay.server import UPSTREAM_CREDENTIAL
-from relay.store import Store, secret_context
+from relay.store import UPSTREAM_CREDENTIAL, Store, secret_context
 from tests.harness import RelaySetup, write_config
 
 LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}

@@ -178,14 +178,13 @@ async def test_provider_5xx_reaches_the_app_with_the_providers_own_text(scene: S
     assert "5.1.1" in refused.value.message and "no such user" in refused.value.message
 
 
-async def test_provider_4xx_gives_the_app_451_with_the_reason(scene: Scene) -> None:
+async def test_provider_4xx_gets_250_queued_with_the_reason(scene: Scene) -> None:
     scene.upstream.handler.data_reply = "452 4.3.1 Insufficient system storage"
     client = await scene.client()
-    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
-        await client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+    _, reply = await client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
     await client.quit()
-    assert refused.value.code == 451
-    assert "Insufficient system storage" in refused.value.message
+    assert reply.startswith("2.0.0 queued as ")
+    assert "Insufficient system storage" in reply
 
 
 async def test_some_recipients_refused_upstream_are_named_in_the_250(scene: Scene) -> None:
@@ -218,25 +217,28 @@ async def relay_to(tmp_path: Path, provider: dict[str, Any]) -> AsyncIterator[tu
         yield daemon, secret
 
 
-async def send_through(daemon: Daemon, secret: str) -> aiosmtplib.SMTPResponseException:
-    """Send one mail as alice and return the refusal the app sees."""
+async def send_through(daemon: Daemon, secret: str) -> str:
+    """Send one mail as alice and return the reply the app sees (a refusal's code and text)."""
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.addresses[0][1], start_tls=False)
     await client.connect()
     await client.login("alice", secret)
-    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
-        await client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
-    await client.quit()
-    return refused.value
+    try:
+        _, reply = await client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        return f"250 {reply}"
+    except aiosmtplib.SMTPResponseException as refused:
+        return f"{refused.code} {refused.message}"
+    finally:
+        await client.quit()
 
 
-async def test_upstream_down_gives_451_saying_unreachable(
+async def test_upstream_down_gets_250_queued_saying_unreachable(
     tmp_path: Path, unused_tcp_port: int
 ) -> None:
     provider = {"smtp": {"host": "127.0.0.1", "port": unused_tcp_port, "tls": "implicit"}}
     async for daemon, secret in relay_to(tmp_path, provider):
-        refused = await send_through(daemon, secret)
-        assert refused.code == 451
-        assert "4.4.1" in refused.message and "unreachable" in refused.message
+        reply = await send_through(daemon, secret)
+        assert reply.startswith("250 2.0.0 queued as ")
+        assert "4.4.1" in reply and "unreachable" in reply
 
 
 async def test_upstream_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
@@ -244,9 +246,9 @@ async def test_upstream_certificate_for_another_host_is_refused(tmp_path: Path) 
         trustme.CA(), tmp_path, cert_host="mail.other.example"
     ) as upstream:
         async for daemon, secret in relay_to(tmp_path, provider_for(upstream)):
-            refused = await send_through(daemon, secret)
-        assert refused.code == 451
-        assert "certificate" in refused.message and "mismatch" in refused.message.lower()
+            reply = await send_through(daemon, secret)
+        assert reply.startswith("250 2.0.0 queued as ")
+        assert "certificate" in reply and "mismatch" in reply.lower()
         assert upstream.handler.received == []
 
 
@@ -255,9 +257,9 @@ async def test_upstream_certificate_from_unknown_ca_is_refused(tmp_path: Path) -
         provider = provider_for(upstream)
         del provider["ca_file"]
         async for daemon, secret in relay_to(tmp_path, provider):
-            refused = await send_through(daemon, secret)
-        assert refused.code == 451
-        assert "certificate" in refused.message and "ca_file" in refused.message
+            reply = await send_through(daemon, secret)
+        assert reply.startswith("250 2.0.0 queued as ")
+        assert "certificate" in reply and "ca_file" in reply
         assert upstream.handler.received == []
 
 
@@ -265,6 +267,6 @@ async def test_wrong_upstream_password_gives_5xx_with_the_providers_reply(tmp_pa
     async with recording_upstream(trustme.CA(), tmp_path) as upstream:
         upstream.handler.password = "changed-upstream"
         async for daemon, secret in relay_to(tmp_path, provider_for(upstream)):
-            refused = await send_through(daemon, secret)
-        assert 500 <= refused.code < 600
-        assert "535" in refused.message and "login as alice@example.org" in refused.message
+            reply = await send_through(daemon, secret)
+        assert reply[0] == "5"
+        assert "535" in reply and "login as alice@example.org" in reply

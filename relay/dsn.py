@@ -1,0 +1,106 @@
+"""Delivery status notifications (RFC 3464) telling a sender what became of their mail."""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+
+from relay.message import split_header
+
+REPORT_BOUNDARY_PREFIX = "relay-dsn-"
+
+
+def build_dsn(
+    *,
+    reporting_host: str,
+    user_email: str,
+    original_sender: str,
+    original_header: bytes,
+    received_at: float,
+    now: float,
+    remote: str,
+    failed: dict[str, str],
+    delayed: dict[str, str] | None = None,
+) -> bytes:
+    """A multipart/report DSN for failed (and, for a warning, delayed) recipients."""
+    delayed = delayed or {}
+    domain = user_email.rpartition("@")[2]
+    boundary = f"{REPORT_BOUNDARY_PREFIX}{secrets.token_hex(12)}"
+    subject = (
+        "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
+    )
+    header = [
+        # Sent through the user's own account, so it must come from the user's own address.
+        f"From: {email.utils.formataddr(('Mail Delivery System (relay)', user_email))}",
+        f"To: {original_sender}",
+        f"Subject: {subject}",
+        f"Date: {email.utils.formatdate(now, localtime=True)}",
+        f"Message-ID: {email.utils.make_msgid(domain=domain)}",
+        "Auto-Submitted: auto-replied",  # RFC 3834: no auto-responder should answer this
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+    ]
+    parts = [
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + _human_text(reporting_host, failed, delayed),
+        "Content-Type: message/delivery-status\r\n\r\n"
+        + _delivery_status(reporting_host, received_at, now, remote, failed, delayed),
+        "Content-Type: text/rfc822-headers\r\n\r\n" + _header_text(original_header),
+    ]
+    body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
+    return ("\r\n".join(header) + "\r\n\r\n" + body).encode()
+
+
+def _human_text(host: str, failed: dict[str, str], delayed: dict[str, str]) -> str:
+    lines = [f"This is the mail relay at {host}.", ""]
+    if failed:
+        lines += ["Your message could not be delivered to these recipients:", ""]
+        lines += [f"  <{rcpt}>: {reply}" for rcpt, reply in failed.items()]
+        lines += [
+            "",
+            "The provider's reply is quoted after each address. Nothing more will be tried.",
+        ]
+    if delayed:
+        lines += ["Your message has not yet been delivered to these recipients:", ""]
+        lines += [f"  <{rcpt}>: {reply}" for rcpt, reply in delayed.items()]
+        lines += ["", "relay keeps trying; you do not need to send it again."]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _delivery_status(
+    host: str,
+    received_at: float,
+    now: float,
+    remote: str,
+    failed: dict[str, str],
+    delayed: dict[str, str],
+) -> str:
+    blocks = [
+        f"Reporting-MTA: dns; {host}\r\n"
+        f"Arrival-Date: {email.utils.formatdate(received_at, localtime=True)}\r\n"
+    ]
+    for action, recipients in (("failed", failed), ("delayed", delayed)):
+        for rcpt, reply in recipients.items():
+            blocks.append(
+                f"Final-Recipient: rfc822; {rcpt}\r\n"
+                f"Action: {action}\r\n"
+                f"Status: {_status_code(reply, action)}\r\n"
+                f"Remote-MTA: dns; {remote}\r\n"
+                f"Diagnostic-Code: smtp; {reply}\r\n"
+                f"Last-Attempt-Date: {email.utils.formatdate(now, localtime=True)}\r\n"
+            )
+    return "\r\n".join(blocks)
+
+
+def _status_code(reply: str, action: str) -> str:
+    """The RFC 3463 status from a reply like '550 5.1.1 ...', or a generic one."""
+    for word in reply.split()[:2]:
+        parts = word.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and word[0] in "245":
+            return word
+    return "5.0.0" if action == "failed" else "4.0.0"
+
+
+def _header_text(header: bytes) -> str:
+    fields, _ = split_header(header + b"\r\n")
+    return "".join(f.decode("utf-8", "replace") + "\r\n" for f in fields)

@@ -1,0 +1,230 @@
+"""Upstream SMTP sessions, pooled per user so TLS and AUTH are not paid for every message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import aiosmtplib
+
+from relay.delivery import (
+    SendOutcome,
+    TlsContexts,
+    UpstreamAccount,
+    UpstreamTimeouts,
+    auth_error,
+    one_line,
+    reply_error,
+    upstream_error,
+)
+from relay.errors import UpstreamError
+from relay.providers import TlsMode
+
+logger = logging.getLogger(__name__)
+
+SERVICE_CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
+
+
+class BrokenIdleSession(Exception):
+    """A pooled session failed before the message was handed over: safe to try a fresh one."""
+
+
+@dataclass
+class Session:
+    """One logged-in upstream connection."""
+
+    client: aiosmtplib.SMTP
+    where: str
+    opened: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    messages: int = 0
+
+
+@dataclass
+class _UserSlots:
+    limit: asyncio.Semaphore
+    idle: list[Session] = field(default_factory=list)
+
+
+class UpstreamPool:
+    """Logged-in sessions per pool key (user, provider, credentials); idle ones are reused."""
+
+    def __init__(
+        self,
+        *,
+        local_hostname: str,
+        timeouts: UpstreamTimeouts,
+        tls: TlsContexts,
+        max_per_key: int,
+        idle_timeout: float,
+    ) -> None:
+        self._local_hostname = local_hostname
+        self._timeouts = timeouts
+        self._tls = tls
+        self._max_per_key = max_per_key
+        self.idle_timeout = idle_timeout
+        self._slots: dict[str, _UserSlots] = {}
+        self.connections_opened = 0
+
+    async def send(
+        self, key: str, account: UpstreamAccount, sender: str, recipients: list[str], data: bytes
+    ) -> SendOutcome:
+        """Send one message over a pooled or fresh session; raise UpstreamError for the whole."""
+        started = time.monotonic()
+        slots = self._slots.setdefault(key, _UserSlots(asyncio.Semaphore(self._max_per_key)))
+        async with slots.limit:
+            outcome = None
+            session = await self._reusable(slots)
+            if session is not None:
+                try:
+                    outcome = await self._use(slots, session, sender, recipients, data, reused=True)
+                except BrokenIdleSession:
+                    # Nothing was handed over on the broken session: a fresh try cannot double-send.
+                    logger.info(
+                        "upstream.reconnect where=%s reason=idle session broken", session.where
+                    )
+            if outcome is None:
+                session = await self._open(account)
+                outcome = await self._use(slots, session, sender, recipients, data, reused=False)
+        return replace(outcome, seconds=time.monotonic() - started)
+
+    async def _use(
+        self,
+        slots: _UserSlots,
+        session: Session,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        *,
+        reused: bool,
+    ) -> SendOutcome:
+        try:
+            outcome = await transact(session, sender, recipients, data, reused=reused)
+        except BaseException:
+            await close_session(session)
+            raise
+        session.last_used = time.monotonic()
+        session.messages += 1
+        slots.idle.append(session)
+        return outcome
+
+    async def _reusable(self, slots: _UserSlots) -> Session | None:
+        while slots.idle:
+            session = slots.idle.pop()
+            if time.monotonic() - session.last_used < self.idle_timeout and await _reset(session):
+                return session
+            await close_session(session)
+        return None
+
+    async def _open(self, account: UpstreamAccount) -> Session:
+        endpoint = account.endpoint
+        where = f"{endpoint.host}:{endpoint.port}"
+        client = aiosmtplib.SMTP(
+            hostname=endpoint.host,
+            port=endpoint.port,
+            use_tls=endpoint.tls is TlsMode.IMPLICIT,
+            # True (not None) makes STARTTLS mandatory: never fall back to plaintext.
+            start_tls=endpoint.tls is TlsMode.STARTTLS,
+            tls_context=self._tls.for_ca_file(account.ca_file),
+            local_hostname=self._local_hostname,
+            timeout=self._timeouts.command,
+        )
+        try:
+            await client.connect(timeout=self._timeouts.connect)
+            await client.login(account.username, account.secret.reveal())
+        except aiosmtplib.SMTPAuthenticationError as error:
+            client.close()
+            raise auth_error(error.code, error.message, account.username, where) from None
+        except (aiosmtplib.SMTPException, OSError) as error:
+            client.close()
+            raise upstream_error(error, where) from None
+        self.connections_opened += 1
+        logger.debug("upstream.connected where=%s user=%s", where, account.username)
+        return Session(client, where)
+
+    async def close_idle(self) -> None:
+        """Close sessions idle longer than the idle timeout."""
+        now = time.monotonic()
+        for slots in self._slots.values():
+            stale = [s for s in slots.idle if now - s.last_used >= self.idle_timeout]
+            slots.idle[:] = [s for s in slots.idle if s not in stale]
+            for session in stale:
+                await close_session(session)
+
+    async def close_all(self) -> None:
+        """Close every idle session (sessions in use close when their send ends)."""
+        for slots in self._slots.values():
+            idle, slots.idle[:] = list(slots.idle), []
+            for session in idle:
+                await close_session(session)
+
+
+async def transact(
+    session: Session, sender: str, recipients: list[str], data: bytes, *, reused: bool
+) -> SendOutcome:
+    """One mail transaction: MAIL, RCPT per recipient, DATA; replies sorted per recipient."""
+    client, where = session.client, session.where
+    options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+    try:
+        await client.mail(sender, options=options)
+    except aiosmtplib.SMTPResponseException as error:
+        if reused and error.code == SERVICE_CLOSING:
+            raise BrokenIdleSession from None
+        raise reply_error(error.code, error.message, where) from None
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
+        if reused:
+            raise BrokenIdleSession from None
+        raise upstream_error(error, where) from None
+    try:
+        return await _recipients_and_data(client, where, recipients, data)
+    except UpstreamError:
+        raise
+    except (aiosmtplib.SMTPException, OSError) as error:
+        raise upstream_error(error, where) from None
+
+
+async def _recipients_and_data(
+    client: aiosmtplib.SMTP, where: str, recipients: list[str], data: bytes
+) -> SendOutcome:
+    accepted: list[str] = []
+    deferred: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for recipient in recipients:
+        try:
+            await client.rcpt(recipient)
+            accepted.append(recipient)
+        except aiosmtplib.SMTPRecipientRefused as refusal:
+            reply = f"{refusal.code} {one_line(refusal.message)}"
+            if refusal.code == SERVICE_CLOSING:
+                raise reply_error(refusal.code, refusal.message, where) from None
+            (deferred if 400 <= refusal.code < 500 else failed)[recipient] = reply
+    if not accepted:
+        await client.rset()
+        return SendOutcome(reply="no recipient accepted", deferred=deferred, failed=failed)
+    try:
+        response = await client.data(data)
+    except aiosmtplib.SMTPDataError as error:
+        raise reply_error(error.code, error.message, where) from None
+    reply = f"{response.code} {one_line(response.message)}"
+    return SendOutcome(reply, dict.fromkeys(accepted, reply), deferred, failed)
+
+
+async def _reset(session: Session) -> bool:
+    """RSET before reuse: cheap proof the session still works, before any mail is risked."""
+    try:
+        response = await session.client.rset(timeout=10.0)
+    except (aiosmtplib.SMTPException, OSError):
+        return False
+    return response.code == 250
+
+
+async def close_session(session: Session) -> None:
+    """QUIT politely, or just drop the connection if the server is gone."""
+    if not session.client.is_connected:
+        return
+    try:
+        await session.client.quit(timeout=5.0)
+    except (aiosmtplib.SMTPException, OSError):
+        session.client.close()

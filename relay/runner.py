@@ -1,0 +1,418 @@
+"""The queue runner: the first attempt while the app waits, then retries, expiry and bounces."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import secrets
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from relay.config import RelayConfig
+from relay.delivery import SendOutcome, UpstreamAccount
+from relay.dsn import build_dsn
+from relay.errors import (
+    PermanentFailure,
+    PolicyRejection,
+    RelayError,
+    UpstreamError,
+    smtp_reply,
+)
+from relay.keys import MasterKey
+from relay.message import PreparedMessage
+from relay.pool import UpstreamPool
+from relay.retry import is_expired, needs_delay_warning, retry_delay
+from relay.spool import AttemptRecord, NewMessage, QueueEntry, RecipientState, Spool, fingerprint
+from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEDULER_TICK = 1.0  # `relay queue retry` edits the spool from another process; pick that up
+HOUSEKEEPING_INTERVAL = 30.0
+
+
+@dataclass
+class Handoff:
+    """Who answers for a first attempt: the waiting app, or (after the deadline) a DSN."""
+
+    client_waiting: bool = True
+    decided: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One attempt's result per recipient, and the whole-message error if there was one."""
+
+    outcome: SendOutcome
+    error: UpstreamError | None
+    remote: str
+
+
+class QueueRunner:
+    """Delivers spooled mail: once while the app waits, then on a backoff schedule."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        store: Store,
+        master_key: MasterKey,
+        spool: Spool,
+        pool: UpstreamPool,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.master_key = master_key
+        self.spool = spool
+        self.pool = pool
+        self._inflight: set[str] = set()
+        self._user_limits: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._random = random.SystemRandom()
+
+    # -- accepting mail from the listener ------------------------------------------------------
+
+    async def accept(self, user: User, prepared: PreparedMessage, recipients: list[str]) -> str:
+        """Spool a message durably, try it once within the deadline, and return the app's reply."""
+        queue = self.config.queue
+        size = len(prepared.upstream_header) + len(prepared.body) + len(prepared.sent_header)
+        if shutil.disk_usage(self.spool.path.parent).free - size < queue.min_free_bytes:
+            logger.error("queue.disk_low user=%s size=%d", user.login, size)
+            return "452 4.3.1 insufficient system storage, try again later"
+        queue_id = secrets.token_hex(8)
+        now = time.time()
+        self._inflight.add(queue_id)
+        try:
+            stored = await self.spool.enqueue(
+                NewMessage(
+                    id=queue_id,
+                    login=user.login,
+                    sender=prepared.sender,
+                    message_id=prepared.message_id,
+                    recipients=tuple(recipients),
+                    upstream_data=prepared.upstream,
+                    body_offset=len(prepared.upstream_header),
+                    sent_header=prepared.sent_header,
+                    received_at=now,
+                    fingerprint=fingerprint(
+                        user.login, prepared.message_id, prepared.sender, recipients
+                    )
+                    if prepared.app_message_id
+                    else None,
+                ),
+                queue.duplicate_window,
+            )
+        except BaseException:
+            self._inflight.discard(queue_id)
+            raise
+        if stored is None:
+            self._inflight.discard(queue_id)
+            logger.info(
+                "queue.duplicate user=%s msg_id=%s reason=same mail accepted within %.0fs",
+                user.login,
+                prepared.message_id,
+                queue.duplicate_window,
+            )
+            return f"250 2.0.0 {prepared.message_id} already accepted; not sent twice"
+        logger.info(
+            "queue.accepted id=%s user=%s msg_id=%s rcpts=%d size=%d",
+            queue_id,
+            user.login,
+            prepared.message_id,
+            len(recipients),
+            size,
+        )
+        handoff = Handoff()
+        task = self._spawn(self._settle(queue_id, handoff))
+        done, _ = await asyncio.wait({task}, timeout=queue.first_attempt_timeout)
+        if not done and not handoff.decided:
+            handoff.client_waiting = False
+            return f"250 2.0.0 queued as {queue_id}; the provider is slow, relay keeps trying"
+        return await task
+
+    # -- the retry loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim due messages until stopped; a message is only ever in one attempt at a time."""
+        housekeeping = 0.0
+        while not self._stopping:
+            now = time.time()
+            for queue_id, login in await self.spool.due(now):
+                if queue_id not in self._inflight and not self._stopping:
+                    self._inflight.add(queue_id)
+                    self._spawn(self._retry(queue_id, login))
+            if now - housekeeping >= HOUSEKEEPING_INTERVAL:
+                housekeeping = now
+                await self.spool.forget_accepted_before(now - self.config.queue.duplicate_window)
+                await self.pool.close_idle()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=SCHEDULER_TICK)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def stop(self, grace: float) -> None:
+        """Claim nothing more; give attempts under way `grace` seconds, then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self.pool.close_all()
+
+    def _spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _retry(self, queue_id: str, login: str) -> None:
+        limit = self._user_limits.setdefault(
+            login, asyncio.Semaphore(self.config.queue.per_user_concurrency)
+        )
+        try:
+            async with limit:
+                if self._stopping:
+                    return
+                entry = await self.spool.entry(queue_id)
+                if entry is None:
+                    return
+                now = time.time()
+                if is_expired(entry.received_at, now, self.config.queue):
+                    await self._expire(entry)
+                    return
+                if needs_delay_warning(entry.received_at, now, entry.warned, self.config.queue):
+                    await self._warn_delayed(entry)
+                await self._settle(queue_id, None)
+        finally:
+            self._inflight.discard(queue_id)
+
+    # -- one attempt and what follows from it --------------------------------------------------
+
+    async def _settle(self, queue_id: str, handoff: Handoff | None) -> str:
+        """Attempt delivery of one spooled message and act on the verdict; the app's reply."""
+        try:
+            entry = await self.spool.entry(queue_id)
+            if entry is None:
+                return f"250 2.0.0 queued as {queue_id}"
+            verdict = await self._attempt(entry)
+            now = time.time()
+            delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
+            outcome = verdict.outcome
+            updated = await self.spool.record(
+                queue_id,
+                AttemptRecord(
+                    delivered=outcome.delivered,
+                    failed=outcome.failed,
+                    deferred=outcome.deferred,
+                    reply=_summary(verdict),
+                    next_attempt=now + delay,
+                ),
+            )
+        except Exception:
+            logger.exception("queue.attempt_crashed id=%s", queue_id)
+            return f"250 2.0.0 queued as {queue_id}"
+        finally:
+            if handoff is not None:
+                self._inflight.discard(queue_id)
+        if updated is None:  # dropped by an operator meanwhile
+            return f"250 2.0.0 queued as {queue_id}"
+        # Decide who hears about failures before any further await, so the deadline cannot
+        # slip in between: either the waiting app hears a 5xx, or the sender gets a DSN.
+        app_hears_it = handoff is not None and handoff.client_waiting
+        if handoff is not None:
+            handoff.decided = True
+        return await self._conclude(updated, verdict, app_hears_it, delay)
+
+    async def _conclude(
+        self, entry: QueueEntry, verdict: Verdict, app_hears_it: bool, delay: float
+    ) -> str:
+        outcome = verdict.outcome
+        self._log_attempt(entry, verdict, delay)
+        if outcome.delivered:
+            await self._provider_is_back(entry.login)
+        delivered_any = any(s is RecipientState.DELIVERED for s, _ in entry.recipients.values())
+        if not entry.pending and app_hears_it and not delivered_any:
+            await self.spool.remove(entry.id)
+            return _refusal_reply(verdict)
+        if outcome.failed:
+            await self._bounce(entry, outcome.failed, {}, verdict.remote)
+        if not entry.pending:
+            await self.spool.remove(entry.id)
+        if entry.pending:
+            return f"250 2.0.0 queued as {entry.id}; {_summary(verdict)}; relay keeps trying"
+        refused = "; ".join(f"<{r}> {reply}" for r, reply in outcome.failed.items())
+        tail = f"; refused by provider: {refused}" if refused else ""
+        return f"250 2.0.0 {entry.message_id} sent, provider said: {outcome.reply}{tail}"
+
+    async def _attempt(self, entry: QueueEntry) -> Verdict:
+        pending = entry.pending
+        remote = "unknown"
+        try:
+            user, account = self._account_for(entry)
+            remote = account.endpoint.host
+            data = await self.spool.read_data(entry.id)
+            if data is None:
+                raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
+            key = _pool_key(user, account)
+            outcome = await self.pool.send(key, account, entry.sender, pending, data)
+            return Verdict(outcome, None, remote)
+        except (UpstreamError, PolicyRejection, RelayError) as error:
+            reply = smtp_reply(error)
+            permanent = isinstance(error, PermanentFailure)
+            replies = dict.fromkeys(pending, reply)
+            outcome = SendOutcome(
+                reply=reply,
+                failed=replies if permanent else {},
+                deferred={} if permanent else replies,
+            )
+            return Verdict(outcome, error if isinstance(error, UpstreamError) else None, remote)
+
+    def _account_for(self, entry: QueueEntry) -> tuple[User, UpstreamAccount]:
+        user = self.store.find_user(entry.login)
+        if user is None:
+            raise PolicyRejection(451, "4.7.0", f"user {entry.login!r} no longer exists")
+        provider = self.config.providers.get(user.provider)
+        if provider is None:
+            raise PolicyRejection(451, "4.3.5", f"provider {user.provider!r} is not configured")
+        if user.sealed_secret is None:
+            raise PolicyRejection(
+                451,
+                "4.7.0",
+                f"no upstream password stored for {user.login}; run 'relay user set-password'",
+            )
+        secret = self.master_key.open(
+            user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
+        )
+        return user, UpstreamAccount(provider.smtp, user.upstream_user, secret, provider.ca_file)
+
+    async def _provider_is_back(self, login: str) -> None:
+        moved = await self.spool.kick(login, time.time())
+        if moved:
+            logger.info(
+                "queue.kicked user=%s messages=%d reason=provider accepted mail", login, moved
+            )
+            self._wake.set()
+
+    # -- bounces -------------------------------------------------------------------------------
+
+    async def _expire(self, entry: QueueEntry) -> None:
+        days = self.config.queue.lifetime / 86400
+        reply = f"expired after {days:g} days in the queue; last reply: {entry.last_reply}"
+        logger.warning(
+            "queue.expired id=%s user=%s rcpts=%d", entry.id, entry.login, len(entry.pending)
+        )
+        await self._bounce(entry, dict.fromkeys(entry.pending, reply), {}, "unknown")
+        await self.spool.remove(entry.id)
+
+    async def _warn_delayed(self, entry: QueueEntry) -> None:
+        delayed = {r: entry.recipients[r][1] or entry.last_reply for r in entry.pending}
+        await self._bounce(entry, {}, delayed, "unknown")
+        await self.spool.mark_warned(entry.id)
+
+    async def _bounce(
+        self, entry: QueueEntry, failed: dict[str, str], delayed: dict[str, str], remote: str
+    ) -> None:
+        """Queue a DSN to the sender through the same account; a bounce is never bounced."""
+        if entry.is_bounce:
+            logger.warning("queue.bounce_dropped id=%s reason=a bounce is never bounced", entry.id)
+            return
+        user = self.store.find_user(entry.login)
+        header = await self.spool.read_sent_header(entry.id)
+        if user is None or header is None:
+            logger.error("queue.bounce_impossible id=%s user=%s", entry.id, entry.login)
+            return
+        now = time.time()
+        report = build_dsn(
+            reporting_host=self.config.hostname,
+            user_email=user.email,
+            original_sender=entry.sender,
+            original_header=header,
+            received_at=entry.received_at,
+            now=now,
+            remote=remote,
+            failed=failed,
+            delayed=delayed,
+        )
+        bounce_id = secrets.token_hex(8)
+        await self.spool.enqueue(
+            NewMessage(
+                id=bounce_id,
+                login=entry.login,
+                sender=user.email,
+                message_id=f"<dsn-{bounce_id}@relay>",
+                recipients=(entry.sender,),
+                upstream_data=report,
+                body_offset=0,
+                sent_header=b"",
+                received_at=now,
+                is_bounce=True,
+            ),
+            0.0,
+        )
+        kind = "failed" if failed else "delayed"
+        logger.info(
+            "queue.dsn id=%s for=%s kind=%s rcpts=%d",
+            bounce_id,
+            entry.id,
+            kind,
+            len(failed) + len(delayed),
+        )
+        self._wake.set()
+
+    def _log_attempt(self, entry: QueueEntry, verdict: Verdict, delay: float) -> None:
+        outcome = verdict.outcome
+        logger.info(
+            "delivery.attempt id=%s user=%s msg_id=%s attempt=%d delivered=%d deferred=%d "
+            "failed=%d reply=%r next_in=%s seconds=%.3f",
+            entry.id,
+            entry.login,
+            entry.message_id,
+            entry.attempts,
+            len(outcome.delivered),
+            len(outcome.deferred),
+            len(outcome.failed),
+            _summary(verdict),
+            f"{delay:.1f}s" if entry.pending else "-",
+            outcome.seconds,
+        )
+
+
+def _pool_key(user: User, account: UpstreamAccount) -> str:
+    # A changed password or provider must never reuse a session logged in with the old one.
+    sealed = hashlib.sha256(user.sealed_secret or b"").hexdigest()[:16]
+    return f"{user.login}|{account.endpoint.host}:{account.endpoint.port}|{sealed}"
+
+
+def _summary(verdict: Verdict) -> str:
+    if verdict.error is not None:
+        return verdict.error.reply
+    outcome = verdict.outcome
+    parts = [outcome.reply] if outcome.delivered else []
+    parts += [f"<{r}> {reply}" for r, reply in {**outcome.deferred, **outcome.failed}.items()]
+    return "; ".join(parts) or outcome.reply
+
+
+def _refusal_reply(verdict: Verdict) -> str:
+    """The 5xx the waiting app hears when every recipient was refused for good."""
+    if verdict.error is not None:
+        return verdict.error.reply
+    failed = verdict.outcome.failed
+    first = next(iter(failed.values()), "550 5.0.0 refused")
+    code = first.split()[0] if first[:3].isdigit() else "550"
+    code = code if code in {"550", "551", "552", "553", "554"} else "554"
+    enhanced = (
+        first.split()[1] if len(first.split()) > 1 and first.split()[1][:2] == "5." else "5.0.0"
+    )
+    details = "; ".join(f"<{r}> {reply}" for r, reply in failed.items())
+    return f"{code} {enhanced} provider refused every recipient: {details}"

@@ -1,0 +1,422 @@
+"""The durable queue: every accepted message is committed here before the app hears 250.
+
+SQLite in WAL mode with synchronous=FULL: a commit returns only after the write-ahead log is
+fsynced, so a crash at any instant keeps every message whose commit returned. One file holds
+envelope, state and data together, so there is no window where a message file exists without
+its envelope (or the reverse), and concurrent enqueues share one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TypeVar
+
+from relay.errors import StoreError
+
+R = TypeVar("R")
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    login          TEXT NOT NULL,
+    sender         TEXT NOT NULL,
+    message_id     TEXT NOT NULL,
+    received_at    REAL NOT NULL,
+    next_attempt   REAL NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_reply     TEXT NOT NULL DEFAULT '',
+    is_bounce      INTEGER NOT NULL DEFAULT 0,
+    warned         INTEGER NOT NULL DEFAULT 0,
+    upstream_data  BLOB NOT NULL,
+    body_offset    INTEGER NOT NULL,
+    sent_header    BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    reply        TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_seq, address)
+) STRICT;
+CREATE TABLE IF NOT EXISTS attempts (
+    message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+    at           REAL NOT NULL,
+    reply        TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS accepted (
+    fingerprint  TEXT PRIMARY KEY,
+    id           TEXT NOT NULL,
+    at           REAL NOT NULL
+) STRICT;
+"""
+
+
+class RecipientState(Enum):
+    """Where one recipient of a queued message stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to commit to the spool."""
+
+    id: str
+    login: str
+    sender: str
+    message_id: str
+    recipients: tuple[str, ...]
+    upstream_data: bytes
+    body_offset: int  # where the body starts in upstream_data; the Sent copy shares it
+    sent_header: bytes
+    received_at: float
+    is_bounce: bool = False
+    fingerprint: str | None = None  # set when duplicate submissions should be recognised
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One queued message's envelope and state, without its data."""
+
+    id: str
+    login: str
+    sender: str
+    message_id: str
+    received_at: float
+    next_attempt: float
+    attempts: int
+    last_reply: str
+    is_bounce: bool
+    warned: bool
+    recipients: dict[str, tuple[RecipientState, str]] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> list[str]:
+        """Recipients still to be delivered."""
+        return [a for a, (s, _) in self.recipients.items() if s is RecipientState.PENDING]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What one delivery attempt achieved, to be written in one transaction."""
+
+    delivered: dict[str, str]
+    failed: dict[str, str]
+    deferred: dict[str, str]
+    reply: str
+    next_attempt: float
+
+
+def fingerprint(login: str, message_id: str, sender: str, recipients: Iterable[str]) -> str:
+    """What makes two submissions the same mail sent twice by a retrying app."""
+    key = "\0".join([login, message_id, sender.lower(), *sorted(r.lower() for r in recipients)])
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Spool:
+    """The queue database; every call runs on one writer thread that owns the connection."""
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+        self.path = path
+        self._executor = executor
+        self._db = db
+        self._pending: list[tuple[NewMessage, float, asyncio.Future[str | None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, path: Path) -> Spool:
+        """Open (creating, 0600) the spool database."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        db = executor.submit(open_database, path).result()
+        return cls(path, executor, db)
+
+    def close(self) -> None:
+        """Close the database; waits for the writer thread."""
+        self._executor.submit(self._db.close).result()
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, function: Callable[..., R], *args: object) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    async def enqueue(self, message: NewMessage, window: float) -> str | None:
+        """Commit a message durably; return None if it duplicates one accepted within window."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, window, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        # Group commit: everything that arrived while the previous fsync ran shares the next one.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._run(insert_batch, self._db, [(m, w) for m, w, _ in batch])
+            except Exception as error:  # noqa: BLE001  every waiter must hear of a failed commit
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreError(f"spool write failed: {error}"))
+                continue
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def read_data(self, message_id: str) -> bytes | None:
+        """The upstream bytes of a queued message, or None if it is gone."""
+        return await self._run(select_data, self._db, message_id)
+
+    async def read_sent_header(self, message_id: str) -> bytes | None:
+        """The header block kept for the Sent copy (with Bcc)."""
+        return await self._run(select_sent_header, self._db, message_id)
+
+    async def record(self, message_id: str, attempt: AttemptRecord) -> QueueEntry | None:
+        """Write an attempt's outcome; return the entry as it now stands (None once gone)."""
+        return await self._run(record_attempt, self._db, message_id, attempt, time.time())
+
+    async def remove(self, message_id: str) -> None:
+        """Delete a message and everything about it."""
+        await self._run(delete_message, self._db, message_id)
+
+    async def mark_warned(self, message_id: str) -> None:
+        """Remember that a delay warning went out for this message."""
+        await self._run(set_warned, self._db, message_id)
+
+    async def entries(self, due_before: float | None = None) -> list[QueueEntry]:
+        """Queued entries in order of acceptance, optionally only those due by a time."""
+        return await self._run(select_entries, self._db, due_before)
+
+    async def due(self, now: float) -> list[tuple[str, str]]:
+        """(id, login) of the queued mail of users with mail due, in order of acceptance."""
+        return await self._run(select_due, self._db, now)
+
+    async def entry(self, message_id: str) -> QueueEntry | None:
+        """One queued entry, or None if it is gone."""
+        entries = await self._run(select_entries, self._db, None, message_id)
+        return entries[0] if entries else None
+
+    async def kick(self, login: str, now: float) -> int:
+        """Make a user's deferred mail due now (their provider answered again)."""
+        return await self._run(make_due, self._db, login, now)
+
+    async def forget_accepted_before(self, cutoff: float) -> None:
+        """Drop duplicate-detection records older than the window."""
+        await self._run(delete_accepted_before, self._db, cutoff)
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open the spool database with full durability, creating it 0600."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open spool {path}: {error}") from None
+    return db
+
+
+def insert_batch(db: sqlite3.Connection, batch: list[tuple[NewMessage, float]]) -> list[str | None]:
+    """Insert messages in one transaction; a duplicate within its window yields None."""
+    results: list[str | None] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for message, window in batch:
+            results.append(_insert_one(db, message, window))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
+    if message.fingerprint is not None:
+        cutoff = message.received_at - window
+        db.execute(
+            "DELETE FROM accepted WHERE fingerprint = ? AND at < ?", (message.fingerprint, cutoff)
+        )
+        row = db.execute(
+            "SELECT id FROM accepted WHERE fingerprint = ?", (message.fingerprint,)
+        ).fetchone()
+        if row is not None:
+            return None
+        db.execute(
+            "INSERT INTO accepted (fingerprint, id, at) VALUES (?, ?, ?)",
+            (message.fingerprint, message.id, message.received_at),
+        )
+    cursor = db.execute(
+        "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
+        "is_bounce, upstream_data, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            message.id,
+            message.login,
+            message.sender,
+            message.message_id,
+            message.received_at,
+            message.received_at,
+            int(message.is_bounce),
+            message.upstream_data,
+            message.body_offset,
+            message.sent_header,
+        ),
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO recipients (message_seq, address, state) VALUES (?, ?, ?)",
+        [(cursor.lastrowid, r, RecipientState.PENDING.value) for r in message.recipients],
+    )
+    return message.id
+
+
+def select_data(db: sqlite3.Connection, message_id: str) -> bytes | None:
+    """The stored upstream bytes."""
+    row = db.execute("SELECT upstream_data FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def select_sent_header(db: sqlite3.Connection, message_id: str) -> bytes | None:
+    """The stored Sent-copy header block."""
+    row = db.execute("SELECT sent_header FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def record_attempt(
+    db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
+) -> QueueEntry | None:
+    """Apply an attempt's per-recipient outcome and schedule the next one, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            db.execute("COMMIT")
+            return None
+        seq = row[0]
+        for state, replies in (
+            (RecipientState.DELIVERED, attempt.delivered),
+            (RecipientState.FAILED, attempt.failed),
+            (RecipientState.PENDING, attempt.deferred),
+        ):
+            db.executemany(
+                "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
+                [(state.value, reply, seq, address) for address, reply in replies.items()],
+            )
+        db.execute(
+            "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ? "
+            "WHERE seq = ?",
+            (attempt.reply, attempt.next_attempt, seq),
+        )
+        db.execute(
+            "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
+            (seq, now, attempt.reply),
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    entries = select_entries(db, None, message_id)
+    return entries[0] if entries else None
+
+
+def select_due(db: sqlite3.Connection, now: float) -> list[tuple[str, str]]:
+    """(id, login) of every message of each user with a message due, by acceptance order."""
+    # A user's queue is retried together, oldest first, as Postfix retries a destination's
+    # queue: deferred mail keeps its order however the per-message backoff jitter fell.
+    rows = db.execute(
+        "SELECT id, login FROM messages WHERE login IN "
+        "(SELECT login FROM messages WHERE next_attempt <= ?) ORDER BY seq",
+        (now,),
+    ).fetchall()
+    return [(str(i), str(login)) for i, login in rows]
+
+
+def make_due(db: sqlite3.Connection, login: str, now: float) -> int:
+    """Bring a user's later attempts forward to now; how many moved."""
+    return db.execute(
+        "UPDATE messages SET next_attempt = ? WHERE login = ? AND next_attempt > ?",
+        (now, login, now),
+    ).rowcount
+
+
+def make_id_due(db: sqlite3.Connection, message_id: str, now: float) -> int:
+    """Make one message due now; 1 if it exists, else 0."""
+    return db.execute(
+        "UPDATE messages SET next_attempt = ? WHERE id = ?", (now, message_id)
+    ).rowcount
+
+
+def delete_message(db: sqlite3.Connection, message_id: str) -> bool:
+    """Delete one message; whether it existed."""
+    return db.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
+
+
+def set_warned(db: sqlite3.Connection, message_id: str) -> None:
+    """Flag a message as having had its delay warning."""
+    db.execute("UPDATE messages SET warned = 1 WHERE id = ?", (message_id,))
+
+
+def delete_accepted_before(db: sqlite3.Connection, cutoff: float) -> None:
+    """Forget duplicate-detection fingerprints older than cutoff."""
+    db.execute("DELETE FROM accepted WHERE at < ?", (cutoff,))
+
+
+def select_entries(
+    db: sqlite3.Connection, due_before: float | None, message_id: str | None = None
+) -> list[QueueEntry]:
+    """Entries (all, due ones, or one by id) in order of acceptance, with their recipients."""
+    query = (
+        "SELECT seq, id, login, sender, message_id, received_at, next_attempt, attempts, "
+        "last_reply, is_bounce, warned FROM messages"
+    )
+    where: list[str] = []
+    args: list[object] = []
+    if due_before is not None:
+        where.append("next_attempt <= ?")
+        args.append(due_before)
+    if message_id is not None:
+        where.append("id = ?")
+        args.append(message_id)
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    rows = db.execute(query + " ORDER BY seq", args).fetchall()
+    entries = []
+    for seq, *fields in rows:
+        recipients = {
+            address: (RecipientState(state), reply)
+            for address, state, reply in db.execute(
+                "SELECT address, state, reply FROM recipients WHERE message_seq = ? ORDER BY rowid",
+                (seq,),
+            )
+        }
+        entries.append(
+            QueueEntry(
+                id=fields[0],
+                login=fields[1],
+                sender=fields[2],
+                message_id=fields[3],
+                received_at=fields[4],
+                next_attempt=fields[5],
+                attempts=fields[6],
+                last_reply=fields[7],
+                is_bounce=bool(fields[8]),
+                warned=bool(fields[9]),
+                recipients=recipients,
+            )
+        )
+    return entries
