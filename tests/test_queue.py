@@ -202,3 +202,29 @@ async def test_queue_retry_and_drop_from_the_command_line(tmp_path: Path) -> Non
         await eventually(lambda: len(upstream.handler.received) == 1)
         assert upstream.handler.received[0].recipients == ["bob@example.net"]
         assert setup.cli("queue", "drop", "nope").status == 1
+
+
+async def test_a_pooled_session_the_provider_closed_is_replaced_without_queueing(
+    tmp_path: Path,
+) -> None:
+    async with relay_and_upstream(tmp_path) as (_, daemon, upstream, secret):
+        assert (await send(daemon, secret, ["bob@example.net"])).startswith("250 2.0.0 <")
+        upstream.handler.drop_connections()
+        await asyncio.sleep(0.1)
+        assert (await send(daemon, secret, ["bob@example.net"])).startswith("250 2.0.0 <")
+        assert len(upstream.handler.received) == 2
+        assert upstream.handler.connections == 2
+
+
+async def test_a_delay_warning_tells_the_sender_and_keeps_trying(tmp_path: Path) -> None:
+    async with relay_and_upstream(tmp_path, delay_warning=0.5) as (setup, daemon, upstream, secret):
+        upstream.handler.rcpt_replies["bob@example.net"] = "450 4.2.0 mailbox busy"
+        await send(daemon, secret, ["bob@example.net"])
+        await eventually(lambda: len(upstream.handler.received) == 1)
+        [warning] = upstream.handler.received
+        assert warning.recipients == ["alice@example.org"]
+        assert b"Action: delayed" in warning.data and b"mailbox busy" in warning.data
+        assert len(queue_ids(setup)) == 1
+        del upstream.handler.rcpt_replies["bob@example.net"]
+        await eventually(lambda: len(upstream.handler.received) == 2)
+        assert upstream.handler.received[1].recipients == ["bob@example.net"]

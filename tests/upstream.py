@@ -34,6 +34,13 @@ class RecordingHandler:
     connections: int = 0
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
+    sessions: list[SMTP] = field(default_factory=list)
+
+    def drop_connections(self) -> None:
+        """Close every client connection from the server side, as an idle timeout does."""
+        for session in self.sessions:
+            if session.transport is not None:
+                session.transport.close()
 
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -99,7 +106,7 @@ async def recording_upstream(
 
     def protocol() -> SMTP:
         handler.connections += 1
-        return SMTP(
+        session = SMTP(
             handler,
             hostname="upstream.test",
             tls_context=context if tls == "starttls" else None,
@@ -110,6 +117,8 @@ async def recording_upstream(
             auth_require_tls=tls == "starttls",
             loop=loop,
         )
+        handler.sessions.append(session)
+        return session
 
     server = await loop.create_server(
         protocol, "127.0.0.1", 0, ssl=context if tls == "implicit" else None
