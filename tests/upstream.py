@@ -24,6 +24,18 @@ class ReceivedMail:
     data: bytes
 
 
+class RawRecordingSMTP(SMTP):
+    """aiosmtpd's server, also keeping every (decrypted) byte the client sent."""
+
+    def __init__(self, handler: RecordingHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.recorder = handler
+
+    def data_received(self, data: bytes) -> None:
+        self.recorder.raw += data
+        super().data_received(data)
+
+
 @dataclass
 class RecordingHandler:
     """Accepts mail from one login/password pair and records it; replies can be scripted."""
@@ -35,6 +47,7 @@ class RecordingHandler:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str | None = None
     sessions: list[SMTP] = field(default_factory=list)
+    raw: bytes = b""
 
     def drop_connections(self) -> None:
         """Close every client connection from the server side, as an idle timeout does."""
@@ -106,7 +119,7 @@ async def recording_upstream(
 
     def protocol() -> SMTP:
         handler.connections += 1
-        session = SMTP(
+        session = RawRecordingSMTP(
             handler,
             hostname="upstream.test",
             tls_context=context if tls == "starttls" else None,
