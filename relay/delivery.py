@@ -109,7 +109,9 @@ def auth_error(code: int, message: str, username: str, where: str) -> UpstreamEr
 
 
 def _from_reply(code: int, message: str, text: str) -> UpstreamError:
-    if 400 <= code < 500:
+    # Only a real 5xx is final; a garbled, endless or out-of-grammar reply is the server's
+    # problem, not the mail's, so it keeps the mail queued.
+    if not 500 <= code < 600:
         return TemporaryFailure(451, _enhanced(message, "4.0.0"), text)
     client_code = code if code in _DATA_PERMANENT_CODES else 554
     return PermanentFailure(client_code, _enhanced(message, "5.0.0"), text)
