@@ -22,6 +22,7 @@ from relay.configread import (
     did_you_mean,
     duplicate_keys,
     is_ip,
+    is_loopback_address,
     join_path,
     or_default,
     plain,
@@ -38,6 +39,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/relay")
 DEFAULT_KEY_FILE = Path("/etc/relay/relay.key")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+DEFAULT_METRICS_PORT = 9325
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -94,6 +97,12 @@ class LimitsConfig:
 
     max_message_bytes: int = 25 * 1024 * 1024
     max_recipients: int = 100
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
+    auth_failure_delay: float = 2.0
+    auth_failure_max_delay: float = 15.0
+    messages_per_minute: int = 0  # 0: no limit of relay's own
+    messages_per_day: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +131,24 @@ class QueueConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    """What relay logs."""
+    """What relay logs, and how: key=value text lines or one JSON object per line."""
 
     level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus /metrics endpoint; off unless enabled."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this machine can scrape the metrics."""
+        return is_loopback_address(self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +165,7 @@ class RelayConfig:
     upstream: UpstreamConfig = UpstreamConfig()
     queue: QueueConfig = QueueConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -217,6 +242,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> RelayConfig:
         upstream=_upstream(reader, reader.child(top, "upstream", _keys(UpstreamConfig))),
         queue=_queue(reader, reader.child(top, "queue", _keys(QueueConfig))),
         logging=_logging(reader, reader.child(top, "logging", _keys(LoggingConfig))),
+        metrics=_metrics(reader, reader.child(top, "metrics", _keys(MetricsConfig))),
         providers=_providers(reader, top),
     )
     if reader.problems:
@@ -377,11 +403,24 @@ def _domains(reader: Reader, s: Section) -> tuple[str, ...] | None:
 
 def _limits(reader: Reader, s: Section) -> LimitsConfig:
     default = LimitsConfig()
+
+    def count(name: str, low: int = 1) -> int:
+        fallback: int = getattr(default, name)
+        return or_default(reader.integer(s, name, low=low), fallback)
+
+    def seconds(name: str) -> float:
+        fallback: float = getattr(default, name)
+        return or_default(reader.seconds(s, name, allow_zero=True), fallback)
+
     return LimitsConfig(
-        max_message_bytes=or_default(
-            reader.integer(s, "max_message_bytes"), default.max_message_bytes
-        ),
-        max_recipients=or_default(reader.integer(s, "max_recipients"), default.max_recipients),
+        max_message_bytes=count("max_message_bytes"),
+        max_recipients=count("max_recipients"),
+        max_connections=count("max_connections"),
+        max_connections_per_ip=count("max_connections_per_ip"),
+        auth_failure_delay=seconds("auth_failure_delay"),
+        auth_failure_max_delay=seconds("auth_failure_max_delay"),
+        messages_per_minute=count("messages_per_minute", low=0),
+        messages_per_day=count("messages_per_day", low=0),
     )
 
 
@@ -427,6 +466,21 @@ def _queue(reader: Reader, s: Section) -> QueueConfig:
 
 
 def _logging(reader: Reader, s: Section) -> LoggingConfig:
+    default = LoggingConfig()
     return LoggingConfig(
-        level=or_default(reader.one_of(s, "level", LOG_LEVELS), LoggingConfig().level)
+        level=or_default(reader.one_of(s, "level", LOG_LEVELS), default.level),
+        format=or_default(reader.one_of(s, "format", LOG_FORMATS), default.format),
+    )
+
+
+def _metrics(reader: Reader, s: Section) -> MetricsConfig:
+    default = MetricsConfig()
+    address = reader.text(s, "address")
+    if address is not None and address != "localhost" and not is_ip(address):
+        reader.fail(s.key("address"), f"expected an IP address or 'localhost', got {address!r}")
+        address = None
+    return MetricsConfig(
+        enabled=or_default(reader.boolean(s, "enabled"), default.enabled),
+        address=address or default.address,
+        port=or_default(reader.integer(s, "port", 0, 65535), default.port),
     )

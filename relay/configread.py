@@ -92,6 +92,14 @@ class Reader:
         self.fail(s.key(name), f"expected a {sign} number of seconds, got {shown(value)}")
         return None
 
+    def boolean(self, s: Section, name: str) -> bool | None:
+        """true or false (PyYAML also reads yes/no/on/off as these)."""
+        value = s.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        self.fail(s.key(name), f"expected true or false, got {shown(value)}")
+        return None
+
     def one_of(self, s: Section, name: str, options: Sequence[str]) -> str | None:
         """One of a fixed set of words."""
         value = s.get(name)
@@ -207,6 +215,16 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_loopback_address(address: str) -> bool:
+    """True for 'localhost' and addresses whose traffic never leaves the machine."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def did_you_mean(word: object, options: Iterable[str]) -> str:

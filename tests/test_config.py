@@ -14,6 +14,7 @@ from relay.config import (
     LimitsConfig,
     ListenerConfig,
     LoggingConfig,
+    MetricsConfig,
     UpstreamConfig,
     config_path_from,
     load_config,
@@ -85,6 +86,42 @@ def test_sent_copy_must_be_auto_always_or_never(tmp_path: Path) -> None:
 def test_unknown_log_level_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, f"logging: {{level: verbose}}\nproviders:\n{LAB}")
     assert_problem(path, "logging.level", "debug, info, warning, error", "'verbose'")
+
+
+def test_unknown_log_format_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, f"logging: {{format: xml}}\nproviders:\n{LAB}")
+    assert_problem(path, "logging.format", "expected one of text, json", "'xml'")
+
+
+def test_metrics_keys_are_checked_under_their_key_paths(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"metrics: {{enabled: maybe, address: metrics.example.org, port: 70000}}\n"
+        f"providers:\n{LAB}",
+    )
+    assert_problem(path, "metrics.enabled", "expected true or false, got 'maybe'")
+    assert_problem(path, "metrics.address", "IP address or 'localhost'", "metrics.example.org")
+    assert_problem(path, "metrics.port", "expected an integer 0-65535, got 70000")
+
+
+def test_misspelt_metrics_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path = write(tmp_path, f"metrics: {{enabled: true, prot: 9100}}\nproviders:\n{LAB}")
+    assert_problem(path, "metrics.prot", "did you mean 'port'?")
+
+
+def test_metrics_section_is_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, f"metrics: {{enabled: true, address: '::1', port: 0}}\nproviders:\n{LAB}"
+    )
+    assert load_config(path).metrics == MetricsConfig(enabled=True, address="::1", port=0)
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("192.0.2.7", False)],
+)
+def test_metrics_is_loopback_says_whether_others_can_scrape(address: str, loopback: bool) -> None:
+    assert MetricsConfig(address=address).is_loopback is loopback
 
 
 def test_missing_ca_file_names_the_key_and_the_file(tmp_path: Path) -> None:
@@ -288,7 +325,8 @@ def test_defaults_when_file_has_only_providers(tmp_path: Path) -> None:
     assert config.database_path == Path("/var/lib/relay/relay.db")
     assert config.limits == LimitsConfig(25 * 1024 * 1024, 100)
     assert config.upstream == UpstreamConfig(30.0, 60.0)
-    assert config.logging == LoggingConfig("info")
+    assert config.logging == LoggingConfig("info", "text")
+    assert config.metrics == MetricsConfig(enabled=False, address="127.0.0.1", port=9325)
     assert config.shutdown_grace == 30.0
     assert config.hostname
     assert isinstance(config.providers, MappingProxyType)
@@ -380,7 +418,9 @@ def test_render_round_trips_through_parse_config(tmp_path: Path) -> None:
         "listen:\n  - {address: 127.0.0.1, port: 0}\n"
         "  - {address: 0.0.0.0, port: 587, tls_cert: cert.pem, tls_key: key.pem}\n"
         "state_dir: state\nhostname: relay.example.org\nshutdown_grace: 0\n"
-        "limits: {max_recipients: 7}\nupstream: {timeout: 5}\nlogging: {level: debug}\n"
+        "limits: {max_recipients: 7}\nupstream: {timeout: 5}\n"
+        "logging: {level: debug, format: json}\n"
+        "metrics: {enabled: true, address: '::1', port: 0}\n"
         "providers:\n"
         "  agency: {preset: office365, sent_copy: never}\n"
         f"{LAB}    ca_file: ca.pem\n    domains: [example.org]\n"
@@ -399,7 +439,9 @@ def test_render_shows_the_expanded_preset_and_defaults(tmp_path: Path) -> None:
         "port": 587,
         "tls": "starttls",
     }
-    assert document["limits"] == {"max_message_bytes": 25 * 1024 * 1024, "max_recipients": 100}
+    assert document["limits"]["max_message_bytes"] == 25 * 1024 * 1024
+    assert document["limits"]["max_recipients"] == 100
+    assert document["limits"]["messages_per_minute"] == 0
     assert document["state_dir"] == "/var/lib/relay"
 
 
@@ -426,3 +468,4 @@ def test_example_config_loads() -> None:
     lab = config.providers["lab"]
     assert lab.smtp.tls is TlsMode.STARTTLS and lab.imap is not None
     assert config.listen == (ListenerConfig(),)
+    assert config.logging == LoggingConfig() and config.metrics == MetricsConfig()
