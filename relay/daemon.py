@@ -47,7 +47,7 @@ class Daemon:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.tracker = SessionTracker()
+        self.tracker = SessionTracker(services.config.limits)
         self.handler = RelayHandler(services)
         self._servers: list[asyncio.Server] = []
         self._shutdown = asyncio.Event()

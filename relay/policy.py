@@ -34,3 +34,34 @@ def login_refusal(user: User | None, secret_ok: bool) -> Refusal:
 def effective_recipient_limit(configured: int, provider_limit: int | None) -> int:
     """The smaller of relay's own limit and the provider's documented one."""
     return configured if provider_limit is None else min(configured, provider_limit)
+
+
+def auth_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds to hold a login answer after this many recent failures (doubling, capped)."""
+    if failures <= 0 or base <= 0:
+        return 0.0
+    return float(min(cap, base * 2 ** (failures - 1)))
+
+
+def rate_refusal(last_minute: int, last_day: int, per_minute: int, per_day: int) -> Refusal:
+    """Refuse one more message once a user's per-minute or per-day limit is reached (0: none)."""
+    if per_minute and last_minute >= per_minute:
+        return PolicyRejection(
+            450, "4.7.1", f"sending rate limit reached: at most {per_minute} messages a minute"
+        )
+    if per_day and last_day >= per_day:
+        return PolicyRejection(
+            450, "4.7.1", f"daily limit reached: at most {per_day} messages in 24 hours"
+        )
+    return None
+
+
+def connection_refusal(open_total: int, open_from_peer: int, total: int, per_peer: int) -> Refusal:
+    """Refuse a new connection beyond the global or per-address limit."""
+    if open_total >= total:
+        return PolicyRejection(421, "4.7.0", f"too many connections ({total}); try again later")
+    if open_from_peer >= per_peer:
+        return PolicyRejection(
+            421, "4.7.0", f"too many connections from your address ({per_peer}); try again later"
+        )
+    return None

@@ -20,6 +20,7 @@ from relay.errors import (
     PermanentFailure,
     PolicyRejection,
     RelayError,
+    TemporaryFailure,
     UpstreamError,
     smtp_reply,
 )
@@ -43,6 +44,15 @@ class Handoff:
 
     client_waiting: bool = True
     decided: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How one attempt ended: the app's reply, and whether the provider seemed down."""
+
+    reply: str
+    provider_down: bool
+    next_attempt: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +81,7 @@ class QueueRunner:
         self.spool = spool
         self.pool = pool
         self._inflight: set[str] = set()
-        self._user_limits: dict[str, asyncio.Semaphore] = {}
+        self._rounds: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -135,19 +145,22 @@ class QueueRunner:
         if not done and not handoff.decided:
             handoff.client_waiting = False
             return f"250 2.0.0 queued as {queue_id}; the provider is slow, relay keeps trying"
-        return await task
+        return (await task).reply
 
     # -- the retry loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Claim due messages until stopped; a message is only ever in one attempt at a time."""
+        """Start a retry round for each user with mail due, until stopped."""
         housekeeping = 0.0
         while not self._stopping:
             now = time.time()
+            rounds: dict[str, list[str]] = {}
             for queue_id, login in await self.spool.due(now):
-                if queue_id not in self._inflight and not self._stopping:
-                    self._inflight.add(queue_id)
-                    self._spawn(self._retry(queue_id, login))
+                rounds.setdefault(login, []).append(queue_id)
+            for login, queue_ids in rounds.items():
+                if login not in self._rounds and not self._stopping:
+                    self._rounds.add(login)
+                    self._spawn(self._round(login, queue_ids))
             if now - housekeeping >= HOUSEKEEPING_INTERVAL:
                 housekeeping = now
                 await self.spool.forget_accepted_before(now - self.config.queue.duplicate_window)
@@ -176,35 +189,50 @@ class QueueRunner:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _retry(self, queue_id: str, login: str) -> None:
-        limit = self._user_limits.setdefault(
-            login, asyncio.Semaphore(self.config.queue.per_user_concurrency)
-        )
+    async def _round(self, login: str, queue_ids: list[str]) -> None:
+        """Retry a user's queued mail oldest first, stopping while their provider is down."""
+        width = self.config.queue.per_user_concurrency
         try:
-            async with limit:
+            for start in range(0, len(queue_ids), width):
                 if self._stopping:
                     return
-                entry = await self.spool.entry(queue_id)
-                if entry is None:
+                batch = [q for q in queue_ids[start : start + width] if q not in self._inflight]
+                self._inflight.update(batch)
+                results = await asyncio.gather(*(self._retry(q) for q in batch))
+                down = next((r for r in results if r is not None and r.provider_down), None)
+                if down is not None:
+                    # The rest would fail the same way; they wait with the oldest, keeping order.
+                    await self.spool.postpone(login, down.next_attempt)
                     return
-                now = time.time()
-                if is_expired(entry.received_at, now, self.config.queue):
-                    await self._expire(entry)
-                    return
-                if needs_delay_warning(entry.received_at, now, entry.warned, self.config.queue):
-                    await self._warn_delayed(entry)
-                await self._settle(queue_id, None)
+        finally:
+            self._rounds.discard(login)
+            self._wake.set()  # mail that fell due during the round need not wait for a tick
+
+    async def _retry(self, queue_id: str) -> Settled | None:
+        try:
+            entry = await self.spool.entry(queue_id)
+            if entry is None:
+                return None
+            now = time.time()
+            if is_expired(entry.received_at, now, self.config.queue):
+                await self._expire(entry)
+                return None
+            warn = needs_delay_warning(entry.received_at, now, entry.warned, self.config.queue)
+            if warn and not entry.is_bounce:
+                await self._warn_delayed(entry)
+            return await self._settle(queue_id, None)
         finally:
             self._inflight.discard(queue_id)
 
     # -- one attempt and what follows from it --------------------------------------------------
 
-    async def _settle(self, queue_id: str, handoff: Handoff | None) -> str:
-        """Attempt delivery of one spooled message and act on the verdict; the app's reply."""
+    async def _settle(self, queue_id: str, handoff: Handoff | None) -> Settled:
+        """Attempt delivery of one spooled message and act on the verdict."""
+        queued = Settled(f"250 2.0.0 queued as {queue_id}", provider_down=False, next_attempt=0.0)
         try:
             entry = await self.spool.entry(queue_id)
             if entry is None:
-                return f"250 2.0.0 queued as {queue_id}"
+                return queued
             verdict = await self._attempt(entry)
             now = time.time()
             delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
@@ -219,20 +247,22 @@ class QueueRunner:
                     next_attempt=now + delay,
                 ),
             )
+            if updated is None:  # dropped by an operator meanwhile
+                return queued
+            # Decide who hears about failures before any further await, so the deadline cannot
+            # slip in between: either the waiting app hears a 5xx, or the sender gets a DSN.
+            app_hears_it = handoff is not None and handoff.client_waiting
+            if handoff is not None:
+                handoff.decided = True
+            reply = await self._conclude(updated, verdict, app_hears_it, delay)
         except Exception:
             logger.exception("queue.attempt_crashed id=%s", queue_id)
-            return f"250 2.0.0 queued as {queue_id}"
+            return queued
         finally:
             if handoff is not None:
                 self._inflight.discard(queue_id)
-        if updated is None:  # dropped by an operator meanwhile
-            return f"250 2.0.0 queued as {queue_id}"
-        # Decide who hears about failures before any further await, so the deadline cannot
-        # slip in between: either the waiting app hears a 5xx, or the sender gets a DSN.
-        app_hears_it = handoff is not None and handoff.client_waiting
-        if handoff is not None:
-            handoff.decided = True
-        return await self._conclude(updated, verdict, app_hears_it, delay)
+        provider_down = isinstance(verdict.error, TemporaryFailure)
+        return Settled(reply, provider_down, now + delay)
 
     async def _conclude(
         self, entry: QueueEntry, verdict: Verdict, app_hears_it: bool, delay: float
@@ -360,6 +390,9 @@ class QueueRunner:
             ),
             0.0,
         )
+        # The DSN gets its first attempt now, like mail from an app, not at the next tick.
+        self._inflight.add(bounce_id)
+        self._spawn(self._retry(bounce_id))
         kind = "failed" if failed else "delayed"
         logger.info(
             "queue.dsn id=%s for=%s kind=%s rcpts=%d",

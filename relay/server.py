@@ -8,27 +8,33 @@ import logging
 import secrets
 import time
 from base64 import b64decode
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from relay.config import RelayConfig
-from relay.errors import RelayError, smtp_reply
+from relay.config import LimitsConfig, RelayConfig
+from relay.errors import PolicyRejection, RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
 from relay.policy import (
+    auth_delay,
+    connection_refusal,
     effective_recipient_limit,
     login_refusal,
+    rate_refusal,
     recipient_count_refusal,
     sender_refusal,
 )
 from relay.runner import QueueRunner
 from relay.store import Store, User
+from relay.throttle import FailureCounter, SendCounter
 
 logger = logging.getLogger(__name__)
 
 MAX_REPLY_BYTES = 510
+LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +55,39 @@ class RelaySMTP(SMTP):
         self.session_id = secrets.token_hex(4)
         self.tracker = tracker
         self.opened = time.monotonic()
+        self.refused = False
 
     def connection_made(self, transport: Any) -> None:
         first = self.transport is None
+        if first:
+            refusal = self.tracker.refusal_for(transport)
+            if refusal is not None:
+                self.refused = True
+                logger.warning(
+                    "session.refused peer=%s reply=%r", _address(transport), refusal.reply
+                )
+                transport.write(refusal.reply.encode() + b"\r\n")
+                transport.close()
+                return
         super().connection_made(transport)
         if first:
             self.tracker.add(self)
             logger.info("session.start session=%s peer=%s", self.session_id, _peer(self.session))
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
         logger.info(
             "session.end session=%s seconds=%.3f", self.session_id, time.monotonic() - self.opened
         )
         self.tracker.discard(self)
         super().connection_lost(error)
+
+    @property
+    def peer_address(self) -> str:
+        """The client's IP address."""
+        peer = getattr(self.session, "peer", None)
+        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
     @property
     def in_transaction(self) -> bool:
@@ -94,22 +119,38 @@ class RelaySMTP(SMTP):
 
 
 class SessionTracker:
-    """The open client sessions, so a drain can wait for them."""
+    """The open client sessions, so a drain can wait for them and floods can be refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
         self.sessions: set[RelaySMTP] = set()
+        self.per_address: Counter[str] = Counter()
         self.draining = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
 
+    def refusal_for(self, transport: Any) -> PolicyRejection | None:
+        """Why a new connection must be turned away, if it must."""
+        return connection_refusal(
+            len(self.sessions),
+            self.per_address[_address(transport)],
+            self.limits.max_connections,
+            self.limits.max_connections_per_ip,
+        )
+
     def add(self, session: RelaySMTP) -> None:
         """Remember an open session."""
         self.sessions.add(session)
+        self.per_address[session.peer_address] += 1
         self.all_closed.clear()
 
     def discard(self, session: RelaySMTP) -> None:
         """Forget a closed session."""
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.per_address[session.peer_address] -= 1
+            if self.per_address[session.peer_address] <= 0:
+                del self.per_address[session.peer_address]
         if not self.sessions:
             self.all_closed.set()
 
@@ -119,6 +160,8 @@ class RelayHandler:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.failures = FailureCounter()
+        self.sends = SendCounter()
 
     async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """RFC 4616 PLAIN, with an initial response or after a 334 challenge."""
@@ -143,6 +186,14 @@ class RelayHandler:
 
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         name = login.decode("utf-8", "replace")
+        keys = (f"ip:{server.peer_address}", f"login:{name}")
+        limits = self.services.config.limits
+        now = time.monotonic()
+        failures = max(self.failures.count(key, now) for key in keys)
+        # Like Dovecot's auth penalty: recent failures slow every further try, in parallel too.
+        delay = auth_delay(failures, limits.auth_failure_delay, limits.auth_failure_max_delay)
+        if delay:
+            await asyncio.sleep(delay)
         user = self.services.store.find_user(name)
         secret_ok = user is not None and await self.services.verifier.verify(
             user.login, user.local_hash, password
@@ -150,12 +201,25 @@ class RelayHandler:
         refusal = login_refusal(user, secret_ok)
         if refusal is not None:
             why = "unknown" if user is None else "disabled" if secret_ok else "bad secret"
+            # An unknown login may be a password typed into the wrong field: never log it.
+            shown = repr(name) if user is not None else f"<unknown, {len(name)} chars>"
             logger.warning(
-                "auth.failed session=%s login=%r reason=%s", server.session_id, name, why
+                "auth.failed session=%s login=%s reason=%s", server.session_id, shown, why
             )
+            self._count_failure(keys)
             return AuthResult(success=False, handled=False, message=refusal.reply)
+        for key in keys:
+            self.failures.forget(key)
         logger.info("auth.ok session=%s login=%s", server.session_id, name)
         return AuthResult(success=True, auth_data=user)
+
+    def _count_failure(self, keys: tuple[str, ...]) -> None:
+        limits = self.services.config.limits
+        for key in keys:
+            count = self.failures.failed(key, time.monotonic())
+            if count == LOCKOUT_FAILURES:
+                delay = auth_delay(count, limits.auth_failure_delay, limits.auth_failure_max_delay)
+                logger.warning("auth.lockout key=%r failures=%d delay=%.0fs", key, count, delay)
 
     async def handle_MAIL(  # noqa: N802
         self,
@@ -170,7 +234,11 @@ class RelayHandler:
         if user.provider not in self.services.config.providers:
             logger.error("config.missing_provider user=%s provider=%s", user.login, user.provider)
             return f"451 4.3.5 provider {user.provider!r} of user {user.login!r} is not configured"
-        refusal = sender_refusal(address, user)
+        limits = self.services.config.limits
+        last_minute, last_day = self.sends.counts(user.login, time.time())
+        refusal = sender_refusal(address, user) or rate_refusal(
+            last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
+        )
         if refusal is not None:
             logger.warning(
                 "mail.refused session=%s sender=%r reply=%r",
@@ -214,6 +282,8 @@ class RelayHandler:
             reply = await self.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
         except RelayError as error:
             reply = smtp_reply(error)
+        if reply.startswith("250"):
+            self.sends.record(user.login, time.time())
         logger.info(
             "message.reply session=%s user=%s msg_id=%s rcpts=%d reply=%r",
             server.session_id,
@@ -250,6 +320,11 @@ def _user_of(session: Session) -> User:
         # aiosmtpd answers 530 to MAIL, RCPT and DATA before AUTH; reaching here is a bug.
         raise RelayError("session has no authenticated user")
     return user
+
+
+def _address(transport: Any) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
 
 def _peer(session: Session | None) -> str:

@@ -212,6 +212,10 @@ class Spool:
         """Make a user's deferred mail due now (their provider answered again)."""
         return await self._run(make_due, self._db, login, now)
 
+    async def postpone(self, login: str, until: float) -> None:
+        """Move a user's earlier-due mail to `until`, so a down provider is not hammered."""
+        await self._run(postpone_user, self._db, login, until)
+
     async def forget_accepted_before(self, cutoff: float) -> None:
         """Drop duplicate-detection records older than the window."""
         await self._run(delete_accepted_before, self._db, cutoff)
@@ -359,6 +363,14 @@ def make_id_due(db: sqlite3.Connection, message_id: str, now: float) -> int:
     return db.execute(
         "UPDATE messages SET next_attempt = ? WHERE id = ?", (now, message_id)
     ).rowcount
+
+
+def postpone_user(db: sqlite3.Connection, login: str, until: float) -> None:
+    """Set every earlier next attempt of a user's mail to `until`."""
+    db.execute(
+        "UPDATE messages SET next_attempt = ? WHERE login = ? AND next_attempt < ?",
+        (until, login, until),
+    )
 
 
 def delete_message(db: sqlite3.Connection, message_id: str) -> bool:

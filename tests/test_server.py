@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +110,16 @@ async def test_wrong_local_secret_gets_535_and_nothing_is_sent(scene: Scene) -> 
     assert scene.upstream.handler.connections == 0
 
 
-async def test_unknown_login_gets_the_same_535(scene: Scene) -> None:
+async def test_unknown_login_gets_the_same_535_and_is_not_logged(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
     with pytest.raises(aiosmtplib.SMTPAuthenticationError) as refused:
-        await scene.client("mallory", "anything")
+        await scene.client("Tr0ub4dor&3", "anything")  # a password typed into the login field
     assert refused.value.code == 535
+    failures = [r.getMessage() for r in caplog.records if "auth.failed" in r.getMessage()]
+    assert failures and all("<unknown, 11 chars>" in line for line in failures)
+    assert all("Tr0ub4dor" not in r.getMessage() for r in caplog.records)
 
 
 async def test_disabled_user_gets_535(scene: Scene) -> None:

@@ -1,0 +1,115 @@
+"""Brute force and floods: failed logins slow down, connections and sending rates are capped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+import trustme
+
+from relay.daemon import Daemon
+from relay.policy import auth_delay
+from relay.throttle import FailureCounter, SendCounter
+from tests.harness import running_daemon, write_config
+from tests.test_server import MESSAGE, provider_for
+from tests.upstream import Upstream, recording_upstream
+
+
+@asynccontextmanager
+async def limited_relay(
+    tmp_path: Path, **limits: Any
+) -> AsyncIterator[tuple[Daemon, Upstream, str]]:
+    """A relay with the given limits before a recording upstream: (daemon, upstream, secret)."""
+    async with recording_upstream(trustme.CA(), tmp_path) as upstream:
+        setup = write_config(tmp_path / "relay", {"lab": provider_for(upstream)}, limits=limits)
+        secret = setup.add_user("alice", "lab", "alice@example.org", "upstream-Pa55")
+        async with running_daemon(setup) as daemon:
+            yield daemon, upstream, secret
+
+
+async def connect(daemon: Daemon) -> aiosmtplib.SMTP:
+    """A connected client that has said EHLO."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.addresses[0][1], start_tls=False)
+    await client.connect()
+    await client.ehlo()
+    return client
+
+
+def test_login_delay_doubles_per_failure_up_to_the_cap() -> None:
+    assert [auth_delay(n, 2.0, 15.0) for n in range(6)] == [0.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+
+
+def test_failures_are_forgotten_after_a_success_and_memory_is_bounded() -> None:
+    counter = FailureCounter()
+    assert counter.failed("ip:127.0.0.1", 0.0) == 1
+    assert counter.failed("ip:127.0.0.1", 1.0) == 2
+    counter.forget("ip:127.0.0.1")
+    assert counter.count("ip:127.0.0.1", 2.0) == 0
+    for index in range(20_000):
+        counter.failed(f"login:random{index}", 3.0)
+    assert counter.count("login:random0", 3.0) == 0  # evicted, not kept forever
+    assert counter.count("login:random19999", 3.0) == 1
+
+
+def test_send_counter_counts_the_last_minute_and_day() -> None:
+    counter = SendCounter()
+    for at in (0.0, 100.0, 86_350.0, 86_390.0):
+        counter.record("alice", at)
+    assert counter.counts("alice", 86_401.0) == (2, 3)
+
+
+async def test_repeated_failed_logins_are_logged_as_a_lockout_and_still_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="relay.server")
+    async with limited_relay(tmp_path, auth_failure_delay=0.01, auth_failure_max_delay=0.05) as (
+        daemon,
+        upstream,
+        secret,
+    ):
+        client = await connect(daemon)
+        for _ in range(6):
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                await client.login("alice", "guess")
+        await client.quit()
+        lockouts = [r.getMessage() for r in caplog.records if "auth.lockout" in r.getMessage()]
+        assert any("key='ip:127.0.0.1'" in line for line in lockouts)
+        assert any("key='login:alice'" in line for line in lockouts)
+        assert all("guess" not in r.getMessage() for r in caplog.records)
+        client = await connect(daemon)
+        await client.login("alice", secret)  # the right secret still works, after the delay
+        await client.quit()
+
+
+async def test_connections_beyond_the_per_address_limit_get_421(tmp_path: Path) -> None:
+    async with limited_relay(tmp_path, max_connections_per_ip=2) as (daemon, _, _secret):
+        first, second = await connect(daemon), await connect(daemon)
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.addresses[0][1])
+        line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        assert line.startswith(b"421 4.7.0 too many connections from your address")
+        for client in (first, second):
+            await client.quit()
+        third = await connect(daemon)  # a slot is free again
+        await third.quit()
+
+
+async def test_sending_beyond_the_per_minute_rate_gets_450(tmp_path: Path) -> None:
+    async with limited_relay(tmp_path, messages_per_minute=2) as (daemon, upstream, secret):
+        client = await connect(daemon)
+        await client.login("alice", secret)
+        for _ in range(2):
+            await client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await client.sendmail("alice@example.org", ["bob@example.net"], MESSAGE)
+        await client.quit()
+        assert (refused.value.code, refused.value.message[:5]) == (450, "4.7.1")
+        assert "2 messages a minute" in refused.value.message
+        assert len(upstream.handler.received) == 2
