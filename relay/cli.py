@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from relay import __version__
-from relay.config import RelayConfig, config_path_from, load_config, render_config
+from relay.config import ProviderConfig, RelayConfig, config_path_from, load_config, render_config
 from relay.daemon import Daemon, configure_logging, open_services, serve_until_signalled
 from relay.errors import RelayError
 from relay.keys import MasterKey, Secret, create_key_file, key_path, load_key
@@ -27,11 +27,13 @@ from relay.localauth import (
     hash_generated_secret,
     is_slow_hash,
 )
-from relay.providers import email_fits
+from relay.providers import SentCopy, email_fits
+from relay.sent import plan_sent_copy
 from relay.spool import delete_message, make_id_due, open_database, select_entries
 from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
 
 LOGIN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+SENT_COPY_CHOICES = ("provider", "auto", "always", "never")
 # Deliberately strict: an address that goes into an SMTP envelope must not carry controls or spaces.
 EMAIL_PATTERN = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
@@ -107,6 +109,7 @@ def _add_user_commands(user_parser: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--local-password-file", type=Path, help="choose the local secret")
     _add_password_source(add)
+    _add_sent_options(add)
     add.set_defaults(run=cmd_user_add)
 
     users.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
@@ -129,6 +132,25 @@ def _add_user_commands(user_parser: argparse.ArgumentParser) -> None:
     new_secret.add_argument("login")
     new_secret.add_argument("--local-password-file", type=Path, help="choose the local secret")
     new_secret.set_defaults(run=cmd_user_new_secret)
+
+    set_sent = users.add_parser("set", help="change a user's Sent copy settings")
+    set_sent.add_argument("login")
+    _add_sent_options(set_sent)
+    set_sent.add_argument(
+        "--no-sent-folder", action="store_true", help="find the Sent folder again by itself"
+    )
+    set_sent.set_defaults(run=cmd_user_set)
+
+
+def _add_sent_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sent-copy",
+        choices=SENT_COPY_CHOICES,
+        help="file a copy in Sent: auto, always or never; provider (default): as the provider says",
+    )
+    parser.add_argument(
+        "--sent-folder", metavar="NAME", help="the IMAP folder for Sent copies (default: found)"
+    )
 
 
 def _add_password_source(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +222,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
                 rewrite_from=args.rewrite_from,
                 local_hash=local_hash,
                 sealed_secret=key.seal(password, secret_context(login, UPSTREAM_CREDENTIAL)),
+                sent_copy=_sent_copy_choice(args.sent_copy, provider),
+                sent_folder=_checked_text(args.sent_folder, "--sent-folder"),
             )
         )
     _announce_local_secret(login, local_secret, sys.stdout, sys.stderr)
@@ -219,14 +243,15 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_user_show(args: argparse.Namespace) -> int:
     """Print one user's settings, never a secret."""
-    with _open_store(_config(args)) as (store, _):
+    config = _config(args)
+    with _open_store(config) as (store, _):
         user = store.get_user(args.login)
-    for label, value in describe_user(user):
+    for label, value in describe_user(user, config.providers.get(user.provider)):
         print(f"{label + ':':<18} {value}")
     return 0
 
 
-def describe_user(user: User) -> list[tuple[str, str]]:
+def describe_user(user: User, provider: ProviderConfig | None = None) -> list[tuple[str, str]]:
     """Label/value pairs that describe a user without revealing any secret."""
     local = "chosen (scrypt hash)" if is_slow_hash(user.local_hash) else "generated (sha256 hash)"
     return [
@@ -240,9 +265,52 @@ def describe_user(user: User) -> list[tuple[str, str]]:
         ("state", "enabled" if user.enabled else "disabled"),
         ("upstream secret", "stored, sealed" if user.sealed_secret else "none"),
         ("local secret", local),
+        ("sent copy", _describe_sent_copy(user, provider)),
+        ("sent folder", user.sent_folder or "- (found by relay)"),
+        ("sent folder found", user.sent_folder_found or "-"),
         ("created", _timestamp(user.created_at)),
         ("updated", _timestamp(user.updated_at)),
     ]
+
+
+def _describe_sent_copy(user: User, provider: ProviderConfig | None) -> str:
+    if provider is None:
+        setting = user.sent_copy.value if user.sent_copy else "as provider"
+        return f"{setting} (provider {user.provider!r} is not configured)"
+    choice, whose = (user.sent_copy, "user") if user.sent_copy else (provider.sent_copy, "provider")
+    return f"{choice.value} ({whose} setting): {plan_sent_copy(provider, user.sent_copy).value}"
+
+
+def cmd_user_set(args: argparse.Namespace) -> int:
+    """Change a user's Sent copy settings."""
+    if args.sent_folder is not None and args.no_sent_folder:
+        raise UsageError("give either --sent-folder or --no-sent-folder, not both")
+    if args.sent_copy is None and args.sent_folder is None and not args.no_sent_folder:
+        raise UsageError("nothing to change: give --sent-copy, --sent-folder or --no-sent-folder")
+    config = _config(args)
+    with _open_store(config) as (store, _):
+        user = store.get_user(args.login)
+        if args.sent_copy is not None:
+            provider = config.providers.get(user.provider)
+            user = replace(user, sent_copy=_sent_copy_choice(args.sent_copy, provider))
+        if args.sent_folder is not None or args.no_sent_folder:
+            folder = _checked_text(args.sent_folder, "--sent-folder")
+            user = replace(user, sent_folder=folder)
+        store.update_user(user)
+    copy = user.sent_copy.value if user.sent_copy else "as provider"
+    print(f"user {user.login}: sent copy {copy}, sent folder {user.sent_folder or '(found)'}")
+    return 0
+
+
+def _sent_copy_choice(choice: str | None, provider: ProviderConfig | None) -> SentCopy | None:
+    if choice is None or choice == "provider":
+        return None
+    sent_copy = SentCopy(choice)
+    if sent_copy is SentCopy.ALWAYS and provider is not None and provider.imap is None:
+        raise UsageError(
+            f"--sent-copy always: provider {provider.name!r} has no imap endpoint to append to"
+        )
+    return sent_copy
 
 
 def cmd_user_remove(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,6 +84,40 @@ class UpstreamTimeout(TemporaryFailure, TimeoutError):
 
 class UpstreamTlsError(TemporaryFailure):
     """The provider's TLS certificate was not trusted or not for its host name."""
+
+
+class SentCopyRetry(enum.Enum):
+    """What trying a failed Sent copy again can achieve."""
+
+    # Transient: connection, timeout, BYE, [UNAVAILABLE], [INUSE], [OVERQUOTA]. Retry with the
+    # normal backoff.
+    SOON = "soon"
+    # Fails the same way until someone changes the account or relay's settings for it: a refused
+    # login, TLS not trusted, no permission on the folder. Keep the job and retry at the slowest
+    # pace, or when the user's settings change: quick retries of a bad password can lock the
+    # account at the provider.
+    AFTER_FIX = "after-fix"
+    # This message can never be filed (the server calls it too big or malformed): drop the job.
+    NEVER = "never"
+
+
+class SentCopyError(RelayError):
+    """Filing the copy in the Sent folder failed; carries the IMAP server's own reply."""
+
+    def __init__(
+        self, step: str, server: str, reply: str, retry: SentCopyRetry, code: str | None = None
+    ) -> None:
+        self.step = step
+        self.server = server
+        self.reply = reply
+        self.retry = retry
+        self.code = code
+        super().__init__(f"Sent copy: {step} at {server} failed: {reply}")
+
+    @property
+    def temporary(self) -> bool:
+        """True when the same attempt may well succeed later without anyone changing anything."""
+        return self.retry is SentCopyRetry.SOON
 
 
 def smtp_reply(error: RelayError) -> str:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from relay.errors import StoreError, UnknownUser
+from relay.providers import SentCopy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     login          TEXT PRIMARY KEY,
@@ -24,13 +25,26 @@ CREATE TABLE IF NOT EXISTS users (
     local_hash     TEXT NOT NULL,
     sealed_secret  BLOB,
     created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
+    updated_at     REAL NOT NULL,
+    sent_copy      TEXT CHECK (sent_copy IN ('auto', 'always', 'never')),
+    sent_folder    TEXT,
+    sent_folder_found TEXT
 ) STRICT;
 """
+# MIGRATIONS[n - 1] brings a database from schema n to n + 1, keeping every row.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "ALTER TABLE users ADD COLUMN sent_copy TEXT "
+        "CHECK (sent_copy IN ('auto', 'always', 'never'))",
+        "ALTER TABLE users ADD COLUMN sent_folder TEXT",
+        "ALTER TABLE users ADD COLUMN sent_folder_found TEXT",
+    ),
+)
 COLUMNS = (
     "login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled, "
-    "local_hash, sealed_secret, created_at, updated_at"
+    "local_hash, sealed_secret, created_at, updated_at, sent_copy, sent_folder, sent_folder_found"
 )
+PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS.split(","))) + ")"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,9 @@ class User:
     enabled: bool = True
     created_at: float = 0.0
     updated_at: float = 0.0
+    sent_copy: SentCopy | None = None  # None: as the provider says
+    sent_folder: str | None = None  # None: discover it
+    sent_folder_found: str | None = None  # what discovery found last time
 
     @property
     def sender_addresses(self) -> tuple[str, ...]:
@@ -79,7 +96,9 @@ class Store:
         store = cls(_connect(path), path)
         with store._db:
             store._db.executescript(SCHEMA)
-            store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if store._version() == 0:  # a new file, so SCHEMA made the current tables
+                store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        store._upgrade()
         return store
 
     @classmethod
@@ -88,10 +107,38 @@ class Store:
         if not path.is_file():
             raise StoreError(f"database not found: {path} (run 'relay init' first)")
         store = cls(_connect(path), path)
-        version = store._db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise StoreError(f"database {path} has schema {version}, expected {SCHEMA_VERSION}")
+        version = store._version()
+        if not 1 <= version <= SCHEMA_VERSION:
+            store.close()
+            newer = " (made by a newer relay)" if version > SCHEMA_VERSION else ""
+            raise StoreError(
+                f"database {path} has schema {version}{newer}, expected {SCHEMA_VERSION}"
+            )
+        store._upgrade()
         return store
+
+    def _version(self) -> int:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    def _upgrade(self) -> None:
+        """Bring an older database up to SCHEMA_VERSION in one transaction."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # Read again under the write lock: another relay process may have upgraded it.
+                for statements in MIGRATIONS[self._version() - 1 :]:
+                    for statement in statements:
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot upgrade database {self.path}: {error}") from None
 
     def close(self) -> None:
         """Close the database connection."""
@@ -104,7 +151,7 @@ class Store:
         try:
             with self._db:
                 self._db.execute(
-                    f"INSERT INTO users ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO users ({COLUMNS}) VALUES {PLACEHOLDERS}",
                     _row(user),
                 )
         except sqlite3.IntegrityError:
@@ -138,11 +185,21 @@ class Store:
         user = replace(user, updated_at=time.time())
         with self._db:
             cursor = self._db.execute(
-                f"UPDATE users SET ({COLUMNS}) = (?,?,?,?,?,?,?,?,?,?,?,?) WHERE login = ?",
+                f"UPDATE users SET ({COLUMNS}) = {PLACEHOLDERS} WHERE login = ?",
                 (*_row(user), user.login),
             )
             if cursor.rowcount == 0:
                 raise UnknownUser(user.login)
+
+    def remember_sent_folder(self, login: str, folder: str | None) -> None:
+        """Store the Sent folder discovery found, for next time; None forgets it."""
+        # A discovery is not an edit of the user's settings, so updated_at stays.
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE users SET sent_folder_found = ? WHERE login = ?", (folder, login)
+            )
+            if cursor.rowcount == 0:
+                raise UnknownUser(login)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -169,12 +226,16 @@ def _row(user: User) -> tuple[object, ...]:
         user.sealed_secret,
         user.created_at,
         user.updated_at,
+        None if user.sent_copy is None else user.sent_copy.value,
+        user.sent_folder,
+        user.sent_folder_found,
     )
 
 
 def _user(row: tuple[object, ...]) -> User:
     (login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled) = row[:8]
-    local_hash, sealed_secret, created_at, updated_at = row[8:]
+    local_hash, sealed_secret, created_at, updated_at = row[8:12]
+    sent_copy, sent_folder, sent_folder_found = row[12:]
     return User(
         login=str(login),
         provider=str(provider),
@@ -188,4 +249,7 @@ def _user(row: tuple[object, ...]) -> User:
         sealed_secret=sealed_secret if isinstance(sealed_secret, bytes) else None,
         created_at=float(str(created_at)),
         updated_at=float(str(updated_at)),
+        sent_copy=None if sent_copy is None else SentCopy(sent_copy),
+        sent_folder=None if sent_folder is None else str(sent_folder),
+        sent_folder_found=None if sent_folder_found is None else str(sent_folder_found),
     )

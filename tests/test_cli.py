@@ -187,3 +187,48 @@ def test_config_check_names_file_and_key_of_a_bad_value(tmp_path: Path) -> None:
 def test_missing_config_file_says_where_it_looked(tmp_path: Path) -> None:
     result = RelaySetup(tmp_path / "nowhere").cli("user", "list")
     assert result.status == 1 and "nowhere/config.yaml" in result.err
+
+
+def test_user_add_keeps_sent_settings_and_show_prints_the_resulting_plan(
+    setup: RelaySetup,
+) -> None:
+    setup.add_user("alice", "agency", "alice@gmail.com", "pw")
+    setup.add_user(
+        "bob", "agency", "bob@gmail.com", "pw", "--sent-copy", "always", "--sent-folder", "Envoyés"
+    )
+    alice = setup.cli("user", "show", "alice").out
+    assert "sent copy:         auto (provider setting): skip" in alice
+    assert "sent folder:       - (found by relay)" in alice
+    bob = setup.cli("user", "show", "bob").out
+    assert "sent copy:         always (user setting): append" in bob
+    assert "sent folder:       Envoyés" in bob
+
+
+def test_sent_copy_always_is_refused_for_a_provider_without_imap(setup: RelaySetup) -> None:
+    result = setup.cli(
+        "user", "add", "carol", "--provider", "lab", "--email", "carol@example.org",
+        "--password-stdin", "--sent-copy", "always",
+        stdin="pw\n",
+    )  # fmt: skip
+    assert result.status == 1
+    assert "--sent-copy always: provider 'lab' has no imap endpoint" in result.err
+
+
+def test_user_set_changes_and_then_clears_the_sent_settings(setup: RelaySetup) -> None:
+    setup.add_user("alice", "agency", "alice@gmail.com", "pw")
+    changed = setup.cli("user", "set", "alice", "--sent-copy", "never", "--sent-folder", "Sent")
+    assert changed.status == 0, changed.err
+    assert "sent copy never, sent folder Sent" in changed.out
+    cleared = setup.cli("user", "set", "alice", "--sent-copy", "provider", "--no-sent-folder")
+    assert cleared.status == 0, cleared.err
+    store = Store.open(setup.state_dir / "relay.db")
+    alice = store.get_user("alice")
+    store.close()
+    assert (alice.sent_copy, alice.sent_folder) == (None, None)
+
+
+def test_user_set_without_a_change_says_what_to_give(setup: RelaySetup) -> None:
+    setup.add_user("alice", "agency", "alice@gmail.com", "pw")
+    result = setup.cli("user", "set", "alice")
+    assert result.status == 1
+    assert "give --sent-copy, --sent-folder or --no-sent-folder" in result.err

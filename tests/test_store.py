@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from relay.errors import StoreError, UnknownUser
-from relay.store import Store, User
+from relay.providers import SentCopy
+from relay.store import SCHEMA_VERSION, Store, User
 
 ALICE = User(
     login="alice",
@@ -69,3 +72,77 @@ def test_disable_is_persisted(tmp_path: Path) -> None:
     store.remove_user("alice")
     assert store.list_users() == []
     store.close()
+
+
+def test_sent_settings_and_the_remembered_folder_are_persisted(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "relay.db")
+    store.add_user(replace(ALICE, sent_copy=SentCopy.ALWAYS, sent_folder="Itens Enviados"))
+    store.remember_sent_folder("alice", "Envoyés")
+    got = store.get_user("alice")
+    store.close()
+    assert (got.sent_copy, got.sent_folder, got.sent_folder_found) == (
+        SentCopy.ALWAYS,
+        "Itens Enviados",
+        "Envoyés",
+    )
+
+
+def test_remembering_a_folder_for_an_unknown_user_names_the_user(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "relay.db")
+    with pytest.raises(UnknownUser, match="'bob'"):
+        store.remember_sent_folder("bob", "Sent")
+    store.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE users (
+    login TEXT PRIMARY KEY, provider TEXT NOT NULL, email TEXT NOT NULL, display_name TEXT,
+    upstream_user TEXT NOT NULL, aliases TEXT NOT NULL DEFAULT '',
+    rewrite_from INTEGER NOT NULL DEFAULT 0, enabled INTEGER NOT NULL DEFAULT 1,
+    local_hash TEXT NOT NULL, sealed_secret BLOB, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+) STRICT;
+INSERT INTO users VALUES
+    ('alice', 'agency', 'alice@example.org', NULL, 'alice@example.org', '', 0, 1,
+     'sha256$abc', X'01', 1.0, 2.0);
+PRAGMA user_version = 1;
+"""
+
+
+def v1_database(path: Path) -> Path:
+    """A database as relay 0.1 (schema 1) left it, with one user."""
+    connection = sqlite3.connect(path)
+    connection.executescript(V1_SCHEMA)
+    connection.close()
+    return path
+
+
+@pytest.mark.parametrize("opener", [Store.open, Store.create])
+def test_schema_1_database_is_upgraded_keeping_its_users(
+    tmp_path: Path, opener: Callable[[Path], Store]
+) -> None:
+    store = opener(v1_database(tmp_path / "relay.db"))
+    alice = store.get_user("alice")
+    assert (alice.email, alice.updated_at, alice.sent_copy, alice.sent_folder) == (
+        "alice@example.org",
+        2.0,
+        None,
+        None,
+    )
+    store.remember_sent_folder("alice", "Sent")
+    store.close()
+    reopened = Store.open(tmp_path / "relay.db")
+    assert reopened.get_user("alice").sent_folder_found == "Sent"
+    reopened.close()
+    connection = sqlite3.connect(tmp_path / "relay.db")
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    connection.close()
+
+
+def test_database_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
+    Store.create(tmp_path / "relay.db").close()
+    connection = sqlite3.connect(tmp_path / "relay.db")
+    connection.execute("PRAGMA user_version = 99")
+    connection.close()
+    with pytest.raises(StoreError, match="schema 99 .made by a newer relay."):
+        Store.open(tmp_path / "relay.db")
