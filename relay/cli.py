@@ -29,6 +29,7 @@ from relay.localauth import (
 )
 from relay.providers import SentCopy, email_fits
 from relay.sent import plan_sent_copy
+from relay.sentqueue import count_jobs
 from relay.spool import delete_message, make_id_due, open_database, select_entries
 from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
 
@@ -453,6 +454,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     """Print the queue: id, user, age, attempts, next try, last reply."""
     with _open_spool(_config(args)) as db:
         entries = select_entries(db, None)
+        pending_copies = count_jobs(db)
     now = time.time()
     print(f"{'ID':<17} {'USER':<16} {'AGE':>7} {'TRIES':>5} {'NEXT':>7}  LAST REPLY")
     for entry in entries:
@@ -463,7 +465,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
         )
         for address in entry.pending:
             print(f"{'':<17} -> {address}")
-    print(f"{len(entries)} queued")
+    print(f"{len(entries)} queued, {pending_copies} Sent copies pending")
     return 0
 
 

@@ -62,7 +62,7 @@ class UpstreamPool:
     ) -> None:
         self._local_hostname = local_hostname
         self._timeouts = timeouts
-        self._tls = tls
+        self.tls = tls
         self._max_per_key = max_per_key
         self.idle_timeout = idle_timeout
         self._slots: dict[str, _UserSlots] = {}
@@ -127,7 +127,7 @@ class UpstreamPool:
             use_tls=endpoint.tls is TlsMode.IMPLICIT,
             # True (not None) makes STARTTLS mandatory: never fall back to plaintext.
             start_tls=endpoint.tls is TlsMode.STARTTLS,
-            tls_context=self._tls.for_ca_file(account.ca_file),
+            tls_context=self.tls.for_ca_file(account.ca_file),
             local_hostname=self._local_hostname,
             timeout=self._timeouts.command,
         )

@@ -20,6 +20,8 @@ from relay.errors import (
     PermanentFailure,
     PolicyRejection,
     RelayError,
+    SentCopyError,
+    SentCopyRetry,
     TemporaryFailure,
     UpstreamError,
     smtp_reply,
@@ -28,6 +30,15 @@ from relay.keys import MasterKey
 from relay.message import PreparedMessage
 from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
+from relay.sent import (
+    SentCopyPlan,
+    append_sent_copy,
+    imap_account,
+    plan_sent_copy,
+    retry_plan,
+    sent_folder_override,
+)
+from relay.sentqueue import SentJob, SentJobSpec
 from relay.spool import AttemptRecord, NewMessage, QueueEntry, RecipientState, Spool, fingerprint
 from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
 
@@ -82,6 +93,7 @@ class QueueRunner:
         self.pool = pool
         self._inflight: set[str] = set()
         self._rounds: set[str] = set()
+        self._sent_inflight: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -161,6 +173,8 @@ class QueueRunner:
                 if login not in self._rounds and not self._stopping:
                     self._rounds.add(login)
                     self._spawn(self._round(login, queue_ids))
+            for job_id in await self.spool.due_sent_jobs(now):
+                self._start_sent_copy(job_id)
             if now - housekeeping >= HOUSEKEEPING_INTERVAL:
                 housekeeping = now
                 await self.spool.forget_accepted_before(now - self.config.queue.duplicate_window)
@@ -237,6 +251,7 @@ class QueueRunner:
             now = time.time()
             delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
             outcome = verdict.outcome
+            sent_job = self._sent_job_for(entry) if outcome.delivered else None
             updated = await self.spool.record(
                 queue_id,
                 AttemptRecord(
@@ -245,8 +260,11 @@ class QueueRunner:
                     deferred=outcome.deferred,
                     reply=_summary(verdict),
                     next_attempt=now + delay,
+                    sent_job=sent_job,
                 ),
             )
+            if sent_job is not None:
+                self._start_sent_copy(sent_job.id)
             if updated is None:  # dropped by an operator meanwhile
                 return queued
             # Decide who hears about failures before any further await, so the deadline cannot
@@ -333,6 +351,108 @@ class QueueRunner:
                 "queue.kicked user=%s messages=%d reason=provider accepted mail", login, moved
             )
             self._wake.set()
+
+    # -- Sent copies ---------------------------------------------------------------------------
+
+    def _sent_job_for(self, entry: QueueEntry) -> SentJobSpec | None:
+        """A Sent-copy job for this message if the user's settings want one."""
+        user = self.store.find_user(entry.login)
+        provider = self.config.providers.get(user.provider) if user else None
+        if entry.is_bounce or user is None or provider is None:
+            return None
+        plan = plan_sent_copy(provider, user.sent_copy)
+        if plan is SentCopyPlan.SKIP:
+            return None
+        return SentJobSpec(id=secrets.token_hex(8), plan=plan.value)
+
+    def _start_sent_copy(self, job_id: str) -> None:
+        if job_id not in self._sent_inflight and not self._stopping:
+            self._sent_inflight.add(job_id)
+            self._spawn(self._copy_to_sent(job_id))
+
+    async def _copy_to_sent(self, job_id: str) -> None:
+        """File one Sent copy; a failure is retried on its own and never re-sends the mail."""
+        try:
+            job = await self.spool.sent_job(job_id)
+            if job is None:
+                return
+            if time.time() - job.sent_at >= self.config.queue.lifetime:
+                logger.error(
+                    "sent.expired job=%s user=%s msg_id=%s last_error=%r",
+                    job.id,
+                    job.login,
+                    job.message_id,
+                    job.last_error,
+                )
+                await self.spool.sent_job_done(job.id)
+                return
+            await self._file_copy(job)
+        except Exception:
+            logger.exception("sent.crashed job=%s", job_id)
+        finally:
+            self._sent_inflight.discard(job_id)
+
+    async def _file_copy(self, job: SentJob) -> None:
+        user = self.store.find_user(job.login)
+        provider = self.config.providers.get(user.provider) if user else None
+        account = None
+        if user is not None and provider is not None and user.sealed_secret is not None:
+            secret = self.master_key.open(
+                user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
+            )
+            account = imap_account(user, provider, secret)
+        if user is None or provider is None or account is None:
+            logger.error(
+                "sent.dropped job=%s user=%s reason=user, provider or imap gone", job.id, job.login
+            )
+            await self.spool.sent_job_done(job.id)
+            return
+        plan = SentCopyPlan(job.plan)
+        try:
+            result = await append_sent_copy(
+                account,
+                job.data,
+                job.message_id,
+                job.sent_at,
+                plan=plan if job.attempts == 0 else retry_plan(plan),
+                folder_override=sent_folder_override(user, provider),
+                remembered_folder=user.sent_folder_found,
+                tls=self.pool.tls,
+                timeout=self.config.upstream.timeout,
+            )
+        except SentCopyError as error:
+            await self._sent_copy_failed(job, error)
+            return
+        remember = result.folder_to_remember
+        if remember is not None and remember != user.sent_folder_found:
+            self.store.remember_sent_folder(user.login, remember)
+        await self.spool.sent_job_done(job.id)
+
+    async def _sent_copy_failed(self, job: SentJob, error: SentCopyError) -> None:
+        if error.retry is SentCopyRetry.NEVER:
+            logger.error(
+                "sent.abandoned job=%s user=%s msg_id=%s reply=%r",
+                job.id,
+                job.login,
+                job.message_id,
+                str(error),
+            )
+            await self.spool.sent_job_done(job.id)
+            return
+        queue = self.config.queue
+        if error.retry is SentCopyRetry.SOON:
+            delay = retry_delay(job.attempts + 1, queue, self._random.uniform(-1, 1))
+        else:
+            delay = queue.max_backoff  # a refused login only locks the account if hammered
+        logger.warning(
+            "sent.retry job=%s user=%s attempt=%d next_in=%.0fs reply=%r",
+            job.id,
+            job.login,
+            job.attempts + 1,
+            delay,
+            str(error),
+        )
+        await self.spool.sent_job_failed(job.id, str(error), time.time() + delay)
 
     # -- bounces -------------------------------------------------------------------------------
 

@@ -21,6 +21,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from relay.errors import StoreError
+from relay.sentqueue import SCHEMA as SENT_JOBS_SCHEMA
+from relay.sentqueue import (
+    SentJob,
+    SentJobSpec,
+    count_jobs,
+    delete_job,
+    insert_from_message,
+    record_job_failure,
+    select_due_jobs,
+    select_job,
+)
 
 R = TypeVar("R")
 SCHEMA_VERSION = 1
@@ -118,6 +129,7 @@ class AttemptRecord:
     deferred: dict[str, str]
     reply: str
     next_attempt: float
+    sent_job: SentJobSpec | None = None  # filed if this attempt is the first to deliver
 
 
 def fingerprint(login: str, message_id: str, sender: str, recipients: Iterable[str]) -> str:
@@ -216,6 +228,26 @@ class Spool:
         """Move a user's earlier-due mail to `until`, so a down provider is not hammered."""
         await self._run(postpone_user, self._db, login, until)
 
+    async def due_sent_jobs(self, now: float) -> list[str]:
+        """Ids of Sent-copy jobs due now."""
+        return await self._run(select_due_jobs, self._db, now)
+
+    async def sent_job(self, job_id: str) -> SentJob | None:
+        """One Sent-copy job with its data."""
+        return await self._run(select_job, self._db, job_id)
+
+    async def sent_job_failed(self, job_id: str, error: str, next_attempt: float) -> None:
+        """Count a failed Sent copy and schedule the next try."""
+        await self._run(record_job_failure, self._db, job_id, error, next_attempt)
+
+    async def sent_job_done(self, job_id: str) -> None:
+        """Remove a filed (or hopeless) Sent-copy job."""
+        await self._run(delete_job, self._db, job_id)
+
+    async def sent_jobs_pending(self) -> int:
+        """How many Sent copies wait."""
+        return await self._run(count_jobs, self._db)
+
     async def forget_accepted_before(self, cutoff: float) -> None:
         """Drop duplicate-detection records older than the window."""
         await self._run(delete_accepted_before, self._db, cutoff)
@@ -231,6 +263,7 @@ def open_database(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
         db.executescript(SCHEMA)
+        db.executescript(SENT_JOBS_SCHEMA)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.Error as error:
         raise StoreError(f"cannot open spool {path}: {error}") from None
@@ -312,6 +345,16 @@ def record_attempt(
             db.execute("COMMIT")
             return None
         seq = row[0]
+        first_delivery = (
+            attempt.delivered
+            and not db.execute(
+                "SELECT 1 FROM recipients WHERE message_seq = ? AND state = ?",
+                (seq, RecipientState.DELIVERED.value),
+            ).fetchone()
+        )
+        if first_delivery and attempt.sent_job is not None:
+            # In the same transaction as the delivery, so a crash cannot lose the Sent copy.
+            insert_from_message(db, seq, attempt.sent_job, now)
         for state, replies in (
             (RecipientState.DELIVERED, attempt.delivered),
             (RecipientState.FAILED, attempt.failed),
