@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import os
 import re
@@ -17,8 +16,9 @@ from pathlib import Path
 from typing import TextIO
 
 from relay import __version__
+from relay.cli_status import add_status_command
 from relay.config import ProviderConfig, RelayConfig, config_path_from, load_config, render_config
-from relay.daemon import Daemon, configure_logging, open_services, serve_until_signalled
+from relay.daemon import run_daemon
 from relay.errors import RelayError
 from relay.keys import MasterKey, Secret, create_key_file, key_path, load_key
 from relay.localauth import (
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_user_commands(commands.add_parser("user", help="manage users"))
     _add_queue_commands(commands.add_parser("queue", help="inspect and steer the mail queue"))
+    add_status_command(commands)
     return parser
 
 
@@ -176,13 +177,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
-    config = _config(args)
-    configure_logging(config.logging.level)
-
-    async def run() -> None:
-        await serve_until_signalled(Daemon(open_services(config, os.environ)))
-
-    asyncio.run(run())
+    run_daemon(_config(args), os.environ)
     return 0
 
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import ssl
-import warnings
-from collections.abc import Mapping
+import stat
+import time
+from collections.abc import Callable, Mapping
 from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
 
-from relay.config import ListenerConfig, RelayConfig
+from relay.config import ListenerConfig, RelayConfig, load_config
 from relay.delivery import TlsContexts, UpstreamTimeouts
+from relay.errors import ConfigError, StoreError
 from relay.keys import key_path, load_key
 from relay.localauth import LocalVerifier
+from relay.logs import configure_logging
+from relay.metrics import MetricsServer
+from relay.ops import DaemonStatus, Ops, remove_status, write_status
 from relay.pool import UpstreamPool
 from relay.runner import QueueRunner
 from relay.server import RelayHandler, RelaySMTP, Services, SessionTracker
@@ -24,10 +33,15 @@ logger = logging.getLogger(__name__)
 
 START_DEADLINE = 10.0
 IDLE_CLIENT_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes
+STATUS_INTERVAL = 5.0  # how often systemd's STATUS= line is refreshed
 
 
-def open_services(config: RelayConfig, environ: Mapping[str, str]) -> Services:
+def open_services(
+    config: RelayConfig, environ: Mapping[str, str], ops: Ops | None = None
+) -> Services:
     """Open the store, master key and spool, and build the queue runner on them."""
+    ops = ops or Ops.from_environ(environ)
+    check_private(config.state_dir, config.database_path, config.spool_path)
     master_key = load_key(key_path(config.key_file, environ))
     store = Store.open(config.database_path)
     pool = UpstreamPool(
@@ -38,22 +52,26 @@ def open_services(config: RelayConfig, environ: Mapping[str, str]) -> Services:
         idle_timeout=config.queue.connection_idle_timeout,
     )
     spool = Spool.open(config.spool_path)
-    runner = QueueRunner(config, store, master_key, spool, pool)
-    return Services(config=config, store=store, verifier=LocalVerifier(), runner=runner)
+    runner = QueueRunner(config, store, master_key, spool, pool, ops)
+    return Services(config=config, store=store, verifier=LocalVerifier(), runner=runner, ops=ops)
 
 
 class Daemon:
     """relay's listeners and their sessions: start() -> serve() -> drain() -> stop()."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, environ: Mapping[str, str] | None = None) -> None:
         self.services = services
+        self.environ: Mapping[str, str] = environ or {}
         self.tracker = SessionTracker(services.config.limits)
         self.handler = RelayHandler(services)
         self._servers: list[asyncio.Server] = []
         self._shutdown = asyncio.Event()
         self._force = asyncio.Event()
         self._runner_task: asyncio.Task[None] | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self._metrics_server = MetricsServer(services.ops.metrics)
         self._stopped = False
+        self.on_reload: Callable[[RelayConfig], None] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -63,14 +81,87 @@ class Daemon:
     async def start(self) -> None:
         """Bind every listener; return once all accept connections."""
         async with asyncio.timeout(START_DEADLINE):
-            for listener in self.services.config.listen:
-                self._servers.append(await self._bind(listener))
+            activated = inherited_sockets(self.environ)
+            if activated:
+                for sock in activated:
+                    listener = _listener_for(sock, self.services.config.listen)
+                    self._servers.append(await self._bind(listener, sock))
+            else:
+                for listener in self.services.config.listen:
+                    self._servers.append(await self._bind(listener))
         # Queued mail from before a stop or crash is due at once: the runner resumes it.
         self._runner_task = asyncio.create_task(self.services.runner.run())
         for address, port in self.addresses:
             logger.info("relay.listening address=%s port=%d", address, port)
+        ops, config = self.services.ops, self.services.config
+        metrics_port = await self._start_metrics()
+        ops.metrics.watch_queue(
+            lambda: float(self.services.runner.stats.queued),
+            lambda: self.services.runner.stats.oldest_age(),
+        )
+        write_status(
+            config.state_dir, DaemonStatus(os.getpid(), time.time(), self.addresses, metrics_port)
+        )
+        # READY=1 only now: listeners accept, store and spool are open (sd_notify(3)).
+        ops.notifier.ready(self._status_line())
+        self._side_tasks.append(asyncio.create_task(self._report_status()))
+        interval = ops.notifier.watchdog_interval()
+        if interval is not None:
+            self._side_tasks.append(asyncio.create_task(self._feed_watchdog(interval / 2)))
 
-    async def _bind(self, listener: ListenerConfig) -> asyncio.Server:
+    async def _start_metrics(self) -> int | None:
+        settings = self.services.config.metrics
+        if not settings.enabled:
+            return None
+        port = await self._metrics_server.start(settings.address, settings.port)
+        logger.info("metrics.listening address=%s port=%d", settings.address, port)
+        if not settings.is_loopback:
+            logger.warning("metrics.not_loopback address=%s (metrics name users)", settings.address)
+        return port
+
+    def _status_line(self) -> str:
+        stats = self.services.runner.stats
+        return (
+            f"{len(self.tracker.sessions)} sessions, {stats.queued} queued, "
+            f"{stats.deferred} deferred, {stats.sent_copies} Sent copies pending"
+        )
+
+    async def _report_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            self.services.ops.notifier.status(self._status_line())
+
+    async def _feed_watchdog(self, period: float) -> None:
+        while True:
+            self.services.ops.notifier.watchdog()
+            await asyncio.sleep(period)
+
+    async def reload(self) -> None:
+        """Re-read the config: new sessions and the queue use it; a broken one changes nothing."""
+        notifier = self.services.ops.notifier
+        notifier.reloading()
+        try:
+            config = load_config(self.services.config.source)
+        except ConfigError as error:
+            for line in str(error).splitlines():
+                logger.error("config.reload_failed %s (keeping the running config)", line)
+            notifier.ready(self._status_line())
+            return
+        if config.listen != self.services.config.listen:
+            logger.warning("config.reload listen changed: takes effect after a restart")
+        services = replace(self.services, config=config)
+        self.services = services
+        self.handler.services = services
+        self.tracker.limits = config.limits
+        self.services.runner.config = config
+        if self.on_reload is not None:
+            self.on_reload(config)
+        logger.info("config.reloaded source=%s providers=%d", config.source, len(config.providers))
+        notifier.ready(self._status_line())
+
+    async def _bind(
+        self, listener: ListenerConfig, sock: socket.socket | None = None
+    ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         config = self.services.config
         tls = _listener_tls(listener)
@@ -92,10 +183,14 @@ class Daemon:
                 loop=loop,
             )
 
+        if sock is not None:
+            return await loop.create_server(protocol, sock=sock)
         return await loop.create_server(protocol, listener.address, listener.port)
 
     def request_shutdown(self) -> None:
         """Ask serve() to drain and return; a second request skips the wait."""
+        if not self._shutdown.is_set():
+            self.services.ops.notifier.stopping()
         if self._shutdown.is_set():
             logger.warning("relay.force_stop sessions=%d", len(self.tracker.sessions))
             self._force.set()
@@ -115,6 +210,7 @@ class Daemon:
         for session in list(self.tracker.sessions):
             session.close_idle()
         logger.info("relay.draining sessions=%d grace=%.0fs", len(self.tracker.sessions), grace)
+        self.services.ops.notifier.status(f"draining {len(self.tracker.sessions)} sessions")
         deadline = asyncio.get_running_loop().time() + grace
         closed = asyncio.ensure_future(self.tracker.all_closed.wait())
         forced = asyncio.ensure_future(self._force.wait())
@@ -138,6 +234,11 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        for task in self._side_tasks:
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await self._metrics_server.stop()
+        remove_status(self.services.config.state_dir)
         await self.services.runner.stop(0.0)
         if self._runner_task is not None:
             self._runner_task.cancel()
@@ -148,28 +249,42 @@ class Daemon:
 
 
 async def serve_until_signalled(daemon: Daemon) -> None:
-    """Start the daemon and serve until SIGTERM or SIGINT."""
+    """Start the daemon and serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.request_shutdown)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await daemon.start()
         await daemon.serve()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with suppress(ValueError):
                 loop.remove_signal_handler(signum)
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr; aiosmtpd's own chatter only when it matters."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("mail.log").setLevel(logging.ERROR)
-    warnings.filterwarnings(
-        "ignore", message="Requiring AUTH while not requiring TLS", category=UserWarning
-    )
+def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
+    """`relay serve`: logging as configured, then the daemon until a signal stops it."""
+    redactor = configure_logging(config.logging.level, config.logging.format, environ)
+
+    def relog(new: RelayConfig) -> None:
+        configure_logging(new.logging.level, new.logging.format, environ, redactor=redactor)
+
+    async def run() -> None:
+        daemon = Daemon(
+            open_services(config, environ, Ops.from_environ(environ, redactor)), environ
+        )
+        daemon.on_reload = relog
+        await serve_until_signalled(daemon)
+
+    asyncio.run(run())
 
 
 def _listener_tls(listener: ListenerConfig) -> ssl.SSLContext | None:
@@ -179,3 +294,54 @@ def _listener_tls(listener: ListenerConfig) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(listener.tls_cert, listener.tls_key)
     return context
+
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed socket is file descriptor 3
+
+
+def inherited_sockets(environ: Mapping[str, str]) -> list[socket.socket]:
+    """Listening sockets passed by systemd socket activation (LISTEN_FDS), if meant for us."""
+    try:
+        count = int(environ.get("LISTEN_FDS", "0"))
+        pid = int(environ.get("LISTEN_PID", "0"))
+    except ValueError:
+        return []
+    if count <= 0 or pid != os.getpid():
+        return []
+    return [
+        socket.socket(fileno=fd) for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count)
+    ]
+
+
+def _listener_for(sock: socket.socket, listeners: tuple[ListenerConfig, ...]) -> ListenerConfig:
+    """The configured listener an inherited socket stands for (its TLS and loopback rules)."""
+    address, port = sock.getsockname()[:2]
+    for listener in listeners:
+        if listener.port in (port, 0) and listener.address == address:
+            return listener
+    probe = ListenerConfig(address=address, port=port)
+    if not probe.is_loopback:
+        raise ConfigError(
+            "socket activation",
+            [
+                (
+                    "listen",
+                    f"systemd passed {address}:{port}, which no listener with tls_cert covers",
+                )
+            ],
+        )
+    return probe
+
+
+def check_private(*paths: Path) -> None:
+    """Refuse to start when the state that holds secrets is open to other users."""
+    for path in paths:
+        if not path.exists():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            wanted = "700" if path.is_dir() else "600"
+            raise StoreError(
+                f"{path} is accessible to other users (mode {mode:04o}); "
+                f"it holds sealed secrets and mail: chmod {wanted} {path}"
+            )

@@ -28,6 +28,7 @@ from relay.errors import (
 )
 from relay.keys import MasterKey
 from relay.message import PreparedMessage
+from relay.ops import Ops
 from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
 from relay.sent import (
@@ -39,13 +40,22 @@ from relay.sent import (
     sent_folder_override,
 )
 from relay.sentqueue import SentJob, SentJobSpec
-from relay.spool import AttemptRecord, NewMessage, QueueEntry, RecipientState, Spool, fingerprint
+from relay.spool import (
+    AttemptRecord,
+    NewMessage,
+    QueueEntry,
+    QueueStats,
+    RecipientState,
+    Spool,
+    fingerprint,
+)
 from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEDULER_TICK = 1.0  # `relay queue retry` edits the spool from another process; pick that up
+STATS_INTERVAL = 2.0  # how fresh the queue figures behind STATUS= and the gauges are
 HOUSEKEEPING_INTERVAL = 30.0
 
 
@@ -85,8 +95,11 @@ class QueueRunner:
         master_key: MasterKey,
         spool: Spool,
         pool: UpstreamPool,
+        ops: Ops,
     ) -> None:
         self.config = config
+        self.ops = ops
+        self.stats = QueueStats()
         self.store = store
         self.master_key = master_key
         self.spool = spool
@@ -143,6 +156,7 @@ class QueueRunner:
                 queue.duplicate_window,
             )
             return f"250 2.0.0 {prepared.message_id} already accepted; not sent twice"
+        self.ops.metrics.mail_accepted(user.login, user.provider)
         logger.info(
             "queue.accepted id=%s user=%s msg_id=%s rcpts=%d size=%d",
             queue_id,
@@ -175,6 +189,8 @@ class QueueRunner:
                     self._spawn(self._round(login, queue_ids))
             for job_id in await self.spool.due_sent_jobs(now):
                 self._start_sent_copy(job_id)
+            if now - self.stats.taken >= STATS_INTERVAL:
+                self.stats = await self.spool.stats(now)
             if now - housekeeping >= HOUSEKEEPING_INTERVAL:
                 housekeeping = now
                 await self.spool.forget_accepted_before(now - self.config.queue.duplicate_window)
@@ -342,6 +358,7 @@ class QueueRunner:
         secret = self.master_key.open(
             user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
         )
+        self.ops.opened_secret(secret)
         return user, UpstreamAccount(provider.smtp, user.upstream_user, secret, provider.ca_file)
 
     async def _provider_is_back(self, login: str) -> None:
@@ -400,6 +417,7 @@ class QueueRunner:
             secret = self.master_key.open(
                 user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
             )
+            self.ops.opened_secret(secret)
             account = imap_account(user, provider, secret)
         if user is None or provider is None or account is None:
             logger.error(
@@ -429,6 +447,7 @@ class QueueRunner:
         await self.spool.sent_job_done(job.id)
 
     async def _sent_copy_failed(self, job: SentJob, error: SentCopyError) -> None:
+        self.ops.metrics.sent_copy_failed(self._provider_label(job.login))
         if error.retry is SentCopyRetry.NEVER:
             logger.error(
                 "sent.abandoned job=%s user=%s msg_id=%s reply=%r",
@@ -523,7 +542,25 @@ class QueueRunner:
         )
         self._wake.set()
 
+    def _provider_label(self, login: str) -> str:
+        user = self.store.find_user(login)
+        return user.provider if user is not None else "unknown"
+
+    def _count_attempt(self, entry: QueueEntry, verdict: Verdict) -> None:
+        metrics, outcome = self.ops.metrics, verdict.outcome
+        provider = self._provider_label(entry.login)
+        code = verdict.error.code if verdict.error is not None else _reply_code(outcome.reply)
+        metrics.upstream_reply(provider, code)
+        metrics.delivery_attempted(provider, outcome.seconds)
+        if outcome.delivered:
+            metrics.mail_delivered(entry.login, provider)
+        if outcome.deferred:
+            metrics.mail_deferred(entry.login, provider)
+        if outcome.failed:
+            metrics.mail_bounced(entry.login, provider)
+
     def _log_attempt(self, entry: QueueEntry, verdict: Verdict, delay: float) -> None:
+        self._count_attempt(entry, verdict)
         outcome = verdict.outcome
         logger.info(
             "delivery.attempt id=%s user=%s msg_id=%s attempt=%d delivered=%d deferred=%d "
@@ -539,6 +576,11 @@ class QueueRunner:
             f"{delay:.1f}s" if entry.pending else "-",
             outcome.seconds,
         )
+
+
+def _reply_code(reply: str) -> int | None:
+    head = reply[:3]
+    return int(head) if head.isdigit() else None
 
 
 def _pool_key(user: User, account: UpstreamAccount) -> str:

@@ -18,6 +18,7 @@ from relay.config import LimitsConfig, RelayConfig
 from relay.errors import PolicyRejection, RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
+from relay.ops import Ops
 from relay.policy import (
     auth_delay,
     connection_refusal,
@@ -45,6 +46,7 @@ class Services:
     store: Store
     verifier: LocalVerifier
     runner: QueueRunner
+    ops: Ops
 
 
 class RelaySMTP(SMTP):
@@ -56,6 +58,8 @@ class RelaySMTP(SMTP):
         self.tracker = tracker
         self.opened = time.monotonic()
         self.refused = False
+        # The config a session started with stays its config, even across a reload (SIGHUP).
+        self.services: Services = handler.services
 
     def connection_made(self, transport: Any) -> None:
         first = self.transport is None
@@ -71,6 +75,7 @@ class RelaySMTP(SMTP):
                 return
         super().connection_made(transport)
         if first:
+            self.services.ops.metrics.session_opened()
             self.tracker.add(self)
             logger.info("session.start session=%s peer=%s", self.session_id, _peer(self.session))
 
@@ -187,15 +192,15 @@ class RelayHandler:
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         name = login.decode("utf-8", "replace")
         keys = (f"ip:{server.peer_address}", f"login:{name}")
-        limits = self.services.config.limits
+        limits = server.services.config.limits
         now = time.monotonic()
         failures = max(self.failures.count(key, now) for key in keys)
         # Like Dovecot's auth penalty: recent failures slow every further try, in parallel too.
         delay = auth_delay(failures, limits.auth_failure_delay, limits.auth_failure_max_delay)
         if delay:
             await asyncio.sleep(delay)
-        user = self.services.store.find_user(name)
-        secret_ok = user is not None and await self.services.verifier.verify(
+        user = server.services.store.find_user(name)
+        secret_ok = user is not None and await server.services.verifier.verify(
             user.login, user.local_hash, password
         )
         refusal = login_refusal(user, secret_ok)
@@ -206,15 +211,15 @@ class RelayHandler:
             logger.warning(
                 "auth.failed session=%s login=%s reason=%s", server.session_id, shown, why
             )
-            self._count_failure(keys)
+            server.services.ops.metrics.auth_failed()
+            self._count_failure(keys, server.services.config.limits)
             return AuthResult(success=False, handled=False, message=refusal.reply)
         for key in keys:
             self.failures.forget(key)
         logger.info("auth.ok session=%s login=%s", server.session_id, name)
         return AuthResult(success=True, auth_data=user)
 
-    def _count_failure(self, keys: tuple[str, ...]) -> None:
-        limits = self.services.config.limits
+    def _count_failure(self, keys: tuple[str, ...], limits: LimitsConfig) -> None:
         for key in keys:
             count = self.failures.failed(key, time.monotonic())
             if count == LOCKOUT_FAILURES:
@@ -231,10 +236,10 @@ class RelayHandler:
     ) -> str:
         """Accept only the user's own addresses as envelope sender."""
         user = _user_of(session)
-        if user.provider not in self.services.config.providers:
+        if user.provider not in server.services.config.providers:
             logger.error("config.missing_provider user=%s provider=%s", user.login, user.provider)
             return f"451 4.3.5 provider {user.provider!r} of user {user.login!r} is not configured"
-        limits = self.services.config.limits
+        limits = server.services.config.limits
         last_minute, last_day = self.sends.counts(user.login, time.time())
         refusal = sender_refusal(address, user) or rate_refusal(
             last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
@@ -261,9 +266,9 @@ class RelayHandler:
     ) -> str:
         """Accept recipients up to the per-message limit."""
         user = _user_of(session)
-        provider = self.services.config.providers[user.provider]
+        provider = server.services.config.providers[user.provider]
         limit = effective_recipient_limit(
-            self.services.config.limits.max_recipients, provider.max_recipients
+            server.services.config.limits.max_recipients, provider.max_recipients
         )
         refusal = recipient_count_refusal(len(envelope.rcpt_tos), limit)
         if refusal is not None:
@@ -279,7 +284,7 @@ class RelayHandler:
             return "503 5.5.1 no mail transaction in progress"
         prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
         try:
-            reply = await self.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
+            reply = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
         except RelayError as error:
             reply = smtp_reply(error)
         if reply.startswith("250"):

@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     at           REAL NOT NULL,
     reply        TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS user_status (
+    login              TEXT PRIMARY KEY,
+    last_delivered_at  REAL,
+    last_error         TEXT,
+    last_error_at      REAL
+) STRICT;
 CREATE TABLE IF NOT EXISTS accepted (
     fingerprint  TEXT PRIMARY KEY,
     id           TEXT NOT NULL,
@@ -130,6 +136,21 @@ class AttemptRecord:
     reply: str
     next_attempt: float
     sent_job: SentJobSpec | None = None  # filed if this attempt is the first to deliver
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Queue figures for STATUS= lines, gauges and `relay status`."""
+
+    queued: int = 0
+    deferred: int = 0
+    oldest_received: float | None = None
+    sent_copies: int = 0
+    taken: float = 0.0
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest queued message has waited (0 when the queue is empty)."""
+        return 0.0 if self.oldest_received is None else max(0.0, self.taken - self.oldest_received)
 
 
 def fingerprint(login: str, message_id: str, sender: str, recipients: Iterable[str]) -> str:
@@ -228,6 +249,10 @@ class Spool:
         """Move a user's earlier-due mail to `until`, so a down provider is not hammered."""
         await self._run(postpone_user, self._db, login, until)
 
+    async def stats(self, now: float) -> QueueStats:
+        """Current queue figures."""
+        return await self._run(select_stats, self._db, now)
+
     async def due_sent_jobs(self, now: float) -> list[str]:
         """Ids of Sent-copy jobs due now."""
         return await self._run(select_due_jobs, self._db, now)
@@ -322,6 +347,35 @@ def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> s
     return message.id
 
 
+def _note_user_status(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
+    login = db.execute("SELECT login FROM messages WHERE seq = ?", (seq,)).fetchone()[0]
+    db.execute("INSERT OR IGNORE INTO user_status (login) VALUES (?)", (login,))
+    if attempt.delivered:
+        db.execute("UPDATE user_status SET last_delivered_at = ? WHERE login = ?", (now, login))
+    if attempt.deferred or attempt.failed:
+        db.execute(
+            "UPDATE user_status SET last_error = ?, last_error_at = ? WHERE login = ?",
+            (attempt.reply, now, login),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    """A user's last delivery and last delivery error."""
+
+    last_delivered_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+def select_user_status(db: sqlite3.Connection) -> dict[str, UserStatus]:
+    """Per user: when mail last went out, and the last provider error."""
+    rows = db.execute(
+        "SELECT login, last_delivered_at, last_error, last_error_at FROM user_status"
+    ).fetchall()
+    return {str(login): UserStatus(*rest) for login, *rest in rows}
+
+
 def select_data(db: sqlite3.Connection, message_id: str) -> bytes | None:
     """The stored upstream bytes."""
     row = db.execute("SELECT upstream_data FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -373,12 +427,21 @@ def record_attempt(
             "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
             (seq, now, attempt.reply),
         )
+        _note_user_status(db, seq, attempt, now)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     entries = select_entries(db, None, message_id)
     return entries[0] if entries else None
+
+
+def select_stats(db: sqlite3.Connection, now: float) -> QueueStats:
+    """Counts of queued and deferred mail, the oldest arrival, pending Sent copies."""
+    queued, deferred, oldest = db.execute(
+        "SELECT count(*), count(*) FILTER (WHERE attempts > 0), min(received_at) FROM messages"
+    ).fetchone()
+    return QueueStats(int(queued), int(deferred), oldest, count_jobs(db), now)
 
 
 def select_due(db: sqlite3.Connection, now: float) -> list[tuple[str, str]]:

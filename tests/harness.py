@@ -114,7 +114,9 @@ class RelayProcess:
 
 
 @contextmanager
-def relay_process(setup: RelaySetup, timeout: float = 15.0) -> Iterator[RelayProcess]:
+def relay_process(
+    setup: RelaySetup, timeout: float = 15.0, env: dict[str, str] | None = None
+) -> Iterator[RelayProcess]:
     """Run `relay serve` in the background; wait for its listening line; stop it afterwards."""
     log_path = setup.root / "relay.log"
     with open(log_path, "wb") as log:
@@ -123,7 +125,7 @@ def relay_process(setup: RelaySetup, timeout: float = 15.0) -> Iterator[RelayPro
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     try:
         running = RelayProcess(process, _wait_for_port(process, log_path, timeout), log_path)

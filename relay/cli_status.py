@@ -1,0 +1,97 @@
+"""`relay status`: one screen for a person, from the running daemon or from the state dir."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from relay.config import RelayConfig, config_path_from, load_config
+from relay.ops import read_status, uptime
+from relay.spool import open_database, select_stats, select_user_status
+from relay.store import Store
+
+
+def add_status_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `relay status`."""
+    commands.add_parser(
+        "status", help="one-screen summary of the daemon, queue and users"
+    ).set_defaults(run=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the summary; works whether or not the daemon runs."""
+    config = load_config(config_path_from(args.config, os.environ))
+    for line in status_lines(config, time.time()):
+        print(line)
+    return 0
+
+
+def status_lines(config: RelayConfig, now: float) -> list[str]:
+    """The lines of the summary."""
+    lines = [_daemon_line(config)]
+    store = Store.open(config.database_path)
+    try:
+        users = store.list_users()
+    finally:
+        store.close()
+    db = open_database(config.spool_path)
+    try:
+        stats = select_stats(db, now)
+        per_user = select_user_status(db)
+        queued_by_user = dict(
+            db.execute("SELECT login, count(*) FROM messages GROUP BY login").fetchall()
+        )
+    finally:
+        db.close()
+    enabled = sum(1 for u in users if u.enabled)
+    lines.append(f"users: {enabled} enabled, {len(users) - enabled} disabled")
+    oldest = f", oldest {_age(stats.oldest_age())}" if stats.queued else ""
+    lines.append(
+        f"queue: {stats.queued} queued ({stats.deferred} deferred){oldest}; "
+        f"{stats.sent_copies} Sent copies pending"
+    )
+    lines.append("")
+    lines.append(f"{'USER':<16} {'STATE':<9} {'QUEUED':>6}  {'LAST SENT':<16}  LAST ERROR")
+    for user in users:
+        status = per_user.get(user.login)
+        sent = _when(status.last_delivered_at if status else None)
+        error = "-"
+        if (
+            status
+            and status.last_error
+            and (status.last_error_at or 0) >= (status.last_delivered_at or 0)
+        ):
+            error = f"{_when(status.last_error_at)} {status.last_error}"
+        state = "enabled" if user.enabled else "disabled"
+        queued = queued_by_user.get(user.login, 0)
+        lines.append(f"{user.login:<16} {state:<9} {queued:>6}  {sent:<16}  {error}"[:160])
+    return lines
+
+
+def _daemon_line(config: RelayConfig) -> str:
+    running = read_status(config.state_dir)
+    if running is None:
+        return f"relay: not running (figures below are from {config.state_dir})"
+    listening = ", ".join(f"{address}:{port}" for address, port in running.listening)
+    metrics = f"; metrics on port {running.metrics_port}" if running.metrics_port else ""
+    return (
+        f"relay: running (pid {running.pid}, up {_age(uptime(running.started))}), "
+        f"listening on {listening}{metrics}"
+    )
+
+
+def _age(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
+
+
+def _when(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(at))

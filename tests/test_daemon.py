@@ -1,0 +1,94 @@
+"""The daemon's lifecycle outside the mail flow: socket activation and the status file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import write_config
+
+LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}
+# systemd's side of sd_listen_fds(3): the socket at fd 3, LISTEN_PID naming the service itself.
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'relay', *sys.argv[2:]])"
+)
+
+
+def test_socket_activation_serves_the_socket_systemd_passed(tmp_path: Path) -> None:
+    setup = write_config(tmp_path, {"lab": LAB})
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        log = tmp_path / "relay.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    ACTIVATE,
+                    str(listening.fileno()),
+                    "--config",
+                    str(setup.config_path),
+                    "serve",
+                ],
+                pass_fds=(listening.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+    try:
+        deadline = time.monotonic() + 15
+        while f"port={port}" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            assert client.recv(200).startswith(b"220 ")
+            client.sendall(b"EHLO app.example\r\n")
+            time.sleep(0.2)
+            assert b"AUTH" in client.recv(1000)
+        assert (setup.state_dir / "daemon.json").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    assert not (setup.state_dir / "daemon.json").exists()
+    assert os.stat(setup.state_dir).st_mode & 0o077 == 0
+
+
+def test_serve_refuses_a_state_dir_other_users_can_read(tmp_path: Path) -> None:
+    setup = write_config(tmp_path, {"lab": LAB})
+    os.chmod(setup.state_dir, 0o755)  # noqa: S103  the misconfiguration under test
+    result = setup.cli("serve")
+    assert result.status == 1
+    assert f"{setup.state_dir} is accessible to other users (mode 0755)" in result.err
+    assert f"chmod 700 {setup.state_dir}" in result.err
+
+
+def test_the_systemd_unit_rates_well_in_systemd_analyze_security() -> None:
+    if shutil.which("systemd-analyze") is None:
+        message = "systemd-analyze missing: apt-get install systemd"
+        if os.environ.get("RELAY_REQUIRE_PEERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    unit = Path(__file__).parent.parent / "systemd" / "relay.service"
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    verdict = next(line for line in done.stdout.splitlines() if "Overall exposure level" in line)
+    print(verdict)
+    score = float(verdict.split(":")[1].split()[0])
+    assert score <= 1.5, done.stdout
