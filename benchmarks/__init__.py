@@ -1,0 +1,1 @@
+"""Throughput, latency and memory benchmarks of relay against a direct and a Postfix baseline."""
