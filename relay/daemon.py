@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -80,6 +81,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind every listener; return once all accept connections."""
+        ensure_open_file_limit(2 * self.services.config.limits.max_connections + 256)
         async with asyncio.timeout(START_DEADLINE):
             activated = inherited_sockets(self.environ)
             if activated:
@@ -345,3 +347,23 @@ def check_private(*paths: Path) -> None:
                 f"{path} is accessible to other users (mode {mode:04o}); "
                 f"it holds sealed secrets and mail: chmod {wanted} {path}"
             )
+
+
+def ensure_open_file_limit(wanted: int) -> int:
+    """Raise the soft open-file limit towards `wanted` (each client may also hold an upstream)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as error:
+            logger.warning("relay.nofile_unchanged soft=%d wanted=%d error=%s", soft, wanted, error)
+    if soft < wanted:
+        logger.warning(
+            "relay.nofile_low limit=%d wanted=%d (lower limits.max_connections or raise "
+            "LimitNOFILE=): beyond it new connections fail",
+            soft,
+            wanted,
+        )
+    return soft

@@ -107,6 +107,8 @@ class QueueRunner:
         self._inflight: set[str] = set()
         self._rounds: set[str] = set()
         self._sent_inflight: set[str] = set()
+        # Users with deferred mail: only for them does a delivery make other mail due.
+        self._deferred_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -178,6 +180,7 @@ class QueueRunner:
     async def run(self) -> None:
         """Start a retry round for each user with mail due, until stopped."""
         housekeeping = 0.0
+        self._deferred_users |= await self.spool.deferred_logins()
         while not self._stopping:
             now = time.time()
             rounds: dict[str, list[str]] = {}
@@ -311,9 +314,10 @@ class QueueRunner:
             return _refusal_reply(verdict)
         if outcome.failed:
             await self._bounce(entry, outcome.failed, {}, verdict.remote)
-        if not entry.pending:
+        if not entry.pending and not entry.removed:
             await self.spool.remove(entry.id)
         if entry.pending:
+            self._deferred_users.add(entry.login)
             return f"250 2.0.0 queued as {entry.id}; {_summary(verdict)}; relay keeps trying"
         refused = "; ".join(f"<{r}> {reply}" for r, reply in outcome.failed.items())
         tail = f"; refused by provider: {refused}" if refused else ""
@@ -362,6 +366,9 @@ class QueueRunner:
         return user, UpstreamAccount(provider.smtp, user.upstream_user, secret, provider.ca_file)
 
     async def _provider_is_back(self, login: str) -> None:
+        if login not in self._deferred_users:
+            return
+        self._deferred_users.discard(login)
         moved = await self.spool.kick(login, time.time())
         if moved:
             logger.info(

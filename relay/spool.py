@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
@@ -119,6 +119,7 @@ class QueueEntry:
     is_bounce: bool
     warned: bool
     recipients: dict[str, tuple[RecipientState, str]] = field(default_factory=dict)
+    removed: bool = False  # delivered to everyone and already deleted from the spool
 
     @property
     def pending(self) -> list[str]:
@@ -240,6 +241,10 @@ class Spool:
         """One queued entry, or None if it is gone."""
         entries = await self._run(select_entries, self._db, None, message_id)
         return entries[0] if entries else None
+
+    async def deferred_logins(self) -> set[str]:
+        """Users with mail that has been tried and is waiting for another try."""
+        return await self._run(select_deferred_logins, self._db)
 
     async def kick(self, login: str, now: float) -> int:
         """Make a user's deferred mail due now (their provider answered again)."""
@@ -428,12 +433,16 @@ def record_attempt(
             (seq, now, attempt.reply),
         )
         _note_user_status(db, seq, attempt, now)
+        [entry] = select_entries(db, None, message_id)
+        if all(state is RecipientState.DELIVERED for state, _ in entry.recipients.values()):
+            # Done: deleting in the same transaction saves a second fsync per mail.
+            db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+            entry = replace(entry, removed=True)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    entries = select_entries(db, None, message_id)
-    return entries[0] if entries else None
+    return entry
 
 
 def select_stats(db: sqlite3.Connection, now: float) -> QueueStats:
@@ -456,10 +465,17 @@ def select_due(db: sqlite3.Connection, now: float) -> list[tuple[str, str]]:
     return [(str(i), str(login)) for i, login in rows]
 
 
+def select_deferred_logins(db: sqlite3.Connection) -> set[str]:
+    """Logins with deferred mail."""
+    rows = db.execute("SELECT DISTINCT login FROM messages WHERE attempts > 0").fetchall()
+    return {str(row[0]) for row in rows}
+
+
 def make_due(db: sqlite3.Connection, login: str, now: float) -> int:
     """Bring a user's later attempts forward to now; how many moved."""
     return db.execute(
-        "UPDATE messages SET next_attempt = ? WHERE login = ? AND next_attempt > ?",
+        "UPDATE messages SET next_attempt = ? WHERE login = ? AND next_attempt > ? "
+        "AND attempts > 0",
         (now, login, now),
     ).rowcount
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import takewhile
 
 FAILURE_MEMORY = 15 * 60.0  # seconds a failed login keeps counting, as Dovecot's auth penalty
 MAX_TRACKED_KEYS = 10_000  # bounded: random logins must not grow memory without end
@@ -39,21 +38,28 @@ class FailureCounter:
 
 
 class SendCounter:
-    """Messages accepted per user over the last minute and day."""
+    """Messages accepted per user over the last minute and day, in one-minute buckets."""
 
     def __init__(self) -> None:
-        self._sent: dict[str, deque[float]] = {}
+        # Per user: (minute number, count) pairs, oldest first; at most a day's worth.
+        self._buckets: dict[str, deque[list[int]]] = {}
 
     def counts(self, login: str, now: float) -> tuple[int, int]:
         """(last minute, last day) for a user."""
-        times = self._sent.get(login)
-        if not times:
+        buckets = self._buckets.get(login)
+        if not buckets:
             return 0, 0
-        while times and now - times[0] > DAY:
-            times.popleft()
-        last_minute = sum(1 for _ in takewhile(lambda t: now - t <= MINUTE, reversed(times)))
-        return last_minute, len(times)
+        minute = int(now // MINUTE)
+        while buckets and minute - buckets[0][0] >= DAY // MINUTE:
+            buckets.popleft()
+        last_minute = buckets[-1][1] if buckets and buckets[-1][0] == minute else 0
+        return last_minute, sum(count for _, count in buckets)
 
     def record(self, login: str, now: float) -> None:
         """Count one accepted message."""
-        self._sent.setdefault(login, deque()).append(now)
+        minute = int(now // MINUTE)
+        buckets = self._buckets.setdefault(login, deque())
+        if buckets and buckets[-1][0] == minute:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([minute, 1])

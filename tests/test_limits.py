@@ -57,11 +57,20 @@ def test_failures_are_forgotten_after_a_success_and_memory_is_bounded() -> None:
     assert counter.count("login:random19999", 3.0) == 1
 
 
-def test_send_counter_counts_the_last_minute_and_day() -> None:
+def test_send_counter_counts_this_clock_minute_and_the_last_day() -> None:
     counter = SendCounter()
-    for at in (0.0, 100.0, 86_350.0, 86_390.0):
+    for at in (0.0, 100.0, 86_410.0, 86_430.0):
         counter.record("alice", at)
-    assert counter.counts("alice", 86_401.0) == (2, 3)
+    # Minute 1440 holds two; minute 0 is a day old and forgotten; minute 1 still counts.
+    assert counter.counts("alice", 86_440.0) == (2, 3)
+    assert counter.counts("bob", 86_440.0) == (0, 0)
+
+
+def test_send_counter_keeps_at_most_a_days_worth_of_buckets() -> None:
+    counter = SendCounter()
+    for second in range(0, 3 * 86_400, 30):
+        counter.record("alice", float(second))
+    assert counter.counts("alice", 3 * 86_400.0) == (0, 2 * 1439)  # the 1,439 minutes before this one
 
 
 async def test_repeated_failed_logins_are_logged_as_a_lockout_and_still_refused(
