@@ -85,9 +85,13 @@ class Reader:
         value = s.get(name)
         if value is None:
             return None
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            if value > 0 or (allow_zero and value == 0):
-                return float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer too large for a float is no number of seconds
+                number = math.inf
+            if math.isfinite(number) and (number > 0 or (allow_zero and number == 0)):
+                return number
         sign = "non-negative" if allow_zero else "positive"
         self.fail(s.key(name), f"expected a {sign} number of seconds, got {shown(value)}")
         return None
@@ -143,14 +147,17 @@ class Reader:
         path = self.path(s, name)
         if path is None:
             return None
-        if not path.exists():
-            self.fail(s.key(name), f"file not found: {path}")
-        elif not path.is_file():
-            self.fail(s.key(name), f"not a regular file: {path}")
-        elif not os.access(path, os.R_OK):
-            self.fail(s.key(name), f"file not readable by this user: {path}")
-        else:
-            return path
+        try:
+            if not path.exists():
+                self.fail(s.key(name), f"file not found: {path}")
+            elif not path.is_file():
+                self.fail(s.key(name), f"not a regular file: {path}")
+            elif not os.access(path, os.R_OK):
+                self.fail(s.key(name), f"file not readable by this user: {path}")
+            else:
+                return path
+        except OSError as error:  # e.g. a path longer than the system allows
+            self.fail(s.key(name), f"cannot use this path: {error.strerror or error}")
         return None
 
 

@@ -83,7 +83,7 @@ def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessa
     if user.rewrite_from:
         sender = user.email
         from_field = (
-            b"From: " + email.utils.formataddr((user.display_name or "", user.email)).encode()
+            b"From: " + email.utils.formataddr((_one_line(user.display_name), user.email)).encode()
         )
         fields = [from_field if field_name(f) == "from" else f for f in fields]
         if "from" not in names:
@@ -101,3 +101,9 @@ def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessa
 
 def _join(fields: list[bytes]) -> bytes:
     return b"".join(f + CRLF for f in fields)
+
+
+def _one_line(text: str | None) -> str:
+    # formataddr quotes an ASCII name but keeps a CR or LF in it, which would start a new
+    # header field (RFC 5322 §2.2): the CLI refuses such names, and so does the last step.
+    return " ".join("".join(c if c.isprintable() else " " for c in text or "").split())

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+import re
 import secrets
 import time
 from base64 import b64decode
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.config import LimitsConfig, RelayConfig
 from relay.errors import PolicyRejection, RelayError, smtp_reply
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 MAX_REPLY_BYTES = 510
 LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
+COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
+# RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 5321 §4.2: reply text is HT and printable ASCII.
+_NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,9 @@ class RelaySMTP(SMTP):
     """aiosmtpd's protocol with a session id, session logging and drain awareness."""
 
     def __init__(self, handler: RelayHandler, tracker: SessionTracker, **kwargs: Any) -> None:
+        # aiosmtpd keeps command_size_limits on the class: one dict shared by every session,
+        # which each EHLO grows by SIZE's and BODY's allowance. Each session gets its own.
+        self.command_size_limits: defaultdict[str, int] = defaultdict(lambda: COMMAND_SIZE_LIMIT)
         super().__init__(handler, **kwargs)
         self.session_id = secrets.token_hex(4)
         self.tracker = tracker
@@ -99,12 +108,54 @@ class RelaySMTP(SMTP):
         """Whether a mail transaction (MAIL given, DATA not finished) is under way."""
         return self.envelope is not None and self.envelope.mail_from is not None
 
+    async def push(self, status: str | bytes) -> None:
+        """Send one reply line, with anything but printable ASCII replaced by '?'."""
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        # aiosmtpd echoes client bytes (an unknown verb) into replies: a CR, LF or NUL there
+        # would forge or split reply lines in the client, and non-ASCII makes push() raise.
+        await super().push(_NOT_REPLY_TEXT.sub("?", text))
+
+    async def challenge_auth(self, *args: Any, **kwargs: Any) -> Any:
+        """aiosmtpd's 334 challenge, with an over-long answer refused rather than crashing."""
+        try:
+            return await super().challenge_auth(*args, **kwargs)
+        except ValueError:
+            # asyncio's readline() raises once the answer passes the line limit; unhandled, it
+            # becomes a logged traceback and a 500 naming the exception, for any client at will.
+            # What is left of the line cannot be told from the next command: close.
+            await self.push("500 5.5.6 Authentication Exchange line is too long")
+            self.close_now()
+            return MISSING
+
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        if hostname:
+            # A repeated EHLO adds SIZE's and BODY's allowance again: start from the base.
+            self.command_size_limits.clear()
+        await super().smtp_EHLO(hostname)
+
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         if self.tracker.draining:
             await self.push("421 4.3.2 service shutting down, try again later")
             self.close_now()
             return
+        if await self._refused_control(arg, "MAIL"):
+            return
         await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        if await self._refused_control(arg, "RCPT"):
+            return
+        await super().smtp_RCPT(arg)
+
+    async def _refused_control(self, arg: str | None, verb: str) -> bool:
+        """Refuse a MAIL or RCPT argument holding a control character; True if refused."""
+        if arg is None or not _CONTROL.search(arg):
+            return False
+        # aiosmtpd's parser would drop a CR from a domain, or keep a NUL in a quoted local
+        # part that the provider connection then refuses: neither may get as far as a queue.
+        if not (await self.check_helo_needed() or await self.check_auth_needed(verb)):
+            await self.push(f"501 5.5.4 control characters are not allowed in {verb} arguments")
+        return True
 
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         await super().smtp_DATA(arg)
@@ -241,7 +292,9 @@ class RelayHandler:
             return f"451 4.3.5 provider {user.provider!r} of user {user.login!r} is not configured"
         limits = server.services.config.limits
         last_minute, last_day = self.sends.counts(user.login, time.time())
-        refusal = sender_refusal(address, user) or rate_refusal(
+        refusal = sender_refusal(
+            address, user, server.services.config.providers[user.provider].preset
+        ) or rate_refusal(
             last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
         )
         if refusal is not None:
