@@ -33,6 +33,7 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
     store = Store.open(config.database_path)
     try:
         users = store.list_users()
+        checks = store.last_checks()
     finally:
         store.close()
     db = open_database(config.spool_path)
@@ -52,7 +53,8 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
         f"{stats.sent_copies} Sent copies pending"
     )
     lines.append("")
-    lines.append(f"{'USER':<16} {'STATE':<9} {'QUEUED':>6}  {'LAST SENT':<16}  LAST ERROR")
+    heading = f"{'USER':<16} {'STATE':<9} {'QUEUED':>6}  {'LAST SENT':<16}  {'LAST CHECK':<27}"
+    lines.append(heading + "  LAST ERROR")
     for user in users:
         status = per_user.get(user.login)
         sent = _when(status.last_delivered_at if status else None)
@@ -65,7 +67,14 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
             error = f"{_when(status.last_error_at)} {status.last_error}"
         state = "enabled" if user.enabled else "disabled"
         queued = queued_by_user.get(user.login, 0)
-        lines.append(f"{user.login:<16} {state:<9} {queued:>6}  {sent:<16}  {error}"[:160])
+        check = checks.get(user.login)
+        checked = "-"
+        if check is not None:
+            verdict = "pass" if check.passed else f"fail: {check.failed_stage}"
+            checked = f"{_when(check.checked_at)} {verdict}"
+        lines.append(
+            f"{user.login:<16} {state:<9} {queued:>6}  {sent:<16}  {checked:<27}  {error}"[:200]
+        )
     return lines
 
 

@@ -166,6 +166,9 @@ class RelayConfig:
     queue: QueueConfig = QueueConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # New users, and users whose upstream password changes, stay disabled until `relay check`
+    # passes for them.
+    enable_after_check: bool = False
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -211,6 +214,8 @@ def load_config(path: Path) -> RelayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(path, [syntax_problem(error)]) from None
+    except ValueError as error:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise ConfigError(path, [(FILE_PROBLEM, f"cannot read a value: {error}")]) from None
     duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
     try:
         config = parse_config(data, str(path), path.absolute().parent)
@@ -243,6 +248,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> RelayConfig:
         queue=_queue(reader, reader.child(top, "queue", _keys(QueueConfig))),
         logging=_logging(reader, reader.child(top, "logging", _keys(LoggingConfig))),
         metrics=_metrics(reader, reader.child(top, "metrics", _keys(MetricsConfig))),
+        enable_after_check=or_default(reader.boolean(top, "enable_after_check"), False),
         providers=_providers(reader, top),
     )
     if reader.problems:

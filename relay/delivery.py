@@ -16,6 +16,7 @@ from relay.errors import (
     UpstreamTlsError,
     UpstreamUnavailable,
 )
+from relay.hints import hint_for, preset_for_host
 from relay.keys import Secret
 from relay.providers import Endpoint
 
@@ -73,48 +74,57 @@ def upstream_error(error: BaseException, where: str) -> UpstreamError:
     """Classify an aiosmtplib or socket error as temporary or permanent, keeping the reply."""
     tls_problem = _tls_cause(error)
     if tls_problem is not None:
-        return UpstreamTlsError(451, "4.7.5", f"TLS with {where} failed: {tls_problem}")
+        text = f"TLS with {where} failed: {tls_problem}"
+        return UpstreamTlsError(451, "4.7.5", text, provider_hint(where, text))
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         first = error.recipients[0]
         details = "; ".join(
             f"<{r.recipient}> {r.code} {one_line(r.message)}" for r in error.recipients
         )
-        return _from_reply(first.code, first.message, f"{where} refused every recipient: {details}")
+        text = f"{where} refused every recipient: {details}"
+        return _from_reply(first.code, first.message, text, where)
     if isinstance(error, aiosmtplib.SMTPResponseException):
-        return _from_reply(
-            error.code, error.message, f"{where} said: {error.code} {one_line(error.message)}"
-        )
+        text = f"{where} said: {error.code} {one_line(error.message)}"
+        return _from_reply(error.code, error.message, text, where)
     if isinstance(error, TimeoutError):
-        return UpstreamTimeout(
-            451, "4.4.2", f"{where} did not answer in time: {one_line(str(error))}"
-        )
+        text = f"{where} did not answer in time: {one_line(str(error))}"
+        return UpstreamTimeout(451, "4.4.2", text, provider_hint(where, text))
     if isinstance(error, aiosmtplib.SMTPNotSupported) or "STARTTLS" in str(error):
-        return UpstreamTlsError(
-            451, "4.7.5", f"{where} does not offer STARTTLS; refusing to send in plaintext"
-        )
-    return UpstreamUnavailable(451, "4.4.1", f"{where} unreachable: {one_line(str(error))}")
+        text = f"{where} does not offer STARTTLS; refusing to send in plaintext"
+        return UpstreamTlsError(451, "4.7.5", text, provider_hint(where, text))
+    text = f"{where} unreachable: {one_line(str(error))}"
+    return UpstreamUnavailable(451, "4.4.1", text, provider_hint(where, text))
 
 
 def reply_error(code: int, message: str, where: str) -> UpstreamError:
     """The error for a whole-message refusal, keeping the provider's words."""
-    return _from_reply(code, message, f"{where} said: {code} {one_line(message)}")
+    return _from_reply(code, message, f"{where} said: {code} {one_line(message)}", where)
 
 
 def auth_error(code: int, message: str, username: str, where: str) -> UpstreamError:
     """The error for a refused upstream login."""
     text = f"login as {username} at {where} failed: {code} {one_line(message)}"
+    hint = provider_hint(where, f"{code} {one_line(message)}")
     if 400 <= code < 500:
-        return TemporaryFailure(451, _enhanced(message, "4.7.0"), text)
-    return PermanentFailure(554, _enhanced(message, "5.7.8"), text)
+        return TemporaryFailure(451, _enhanced(message, "4.7.0"), text, hint)
+    return PermanentFailure(554, _enhanced(message, "5.7.8"), text, hint)
 
 
-def _from_reply(code: int, message: str, text: str) -> UpstreamError:
+def provider_hint(where: str, words: str) -> str | None:
+    """The hints table's advice for what the server at where (host:port) said, if any."""
+    host = where.rpartition(":")[0] or where
+    hint = hint_for(preset_for_host(host), words)
+    return None if hint is None else hint.text
+
+
+def _from_reply(code: int, message: str, text: str, where: str) -> UpstreamError:
+    hint = provider_hint(where, f"{code} {one_line(message)}")
     # Only a real 5xx is final; a garbled, endless or out-of-grammar reply is the server's
     # problem, not the mail's, so it keeps the mail queued.
     if not 500 <= code < 600:
-        return TemporaryFailure(451, _enhanced(message, "4.0.0"), text)
+        return TemporaryFailure(451, _enhanced(message, "4.0.0"), text, hint)
     client_code = code if code in _DATA_PERMANENT_CODES else 554
-    return PermanentFailure(client_code, _enhanced(message, "5.0.0"), text)
+    return PermanentFailure(client_code, _enhanced(message, "5.0.0"), text, hint)
 
 
 def _tls_cause(error: BaseException) -> str | None:

@@ -6,6 +6,8 @@ import enum
 from collections.abc import Sequence
 from pathlib import Path
 
+REPLY_LINE_BYTES = 510  # RFC 5321 §4.5.3.1.5: 512 octets including the CRLF
+
 
 class RelayError(Exception):
     """Root of every error relay raises on purpose."""
@@ -52,18 +54,29 @@ class PolicyRejection(RelayError):
 
 
 class UpstreamError(RelayError):
-    """The provider did not take the message."""
+    """The provider did not take the message; hint says what would fix it, when that is known."""
 
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
+    def __init__(self, code: int, enhanced: str, text: str, hint: str | None = None) -> None:
         self.code = code
         self.enhanced = enhanced
         self.text = text
-        super().__init__(f"{code} {enhanced} {text}")
+        self.hint = hint
+        super().__init__(self.reply)
 
     @property
     def reply(self) -> str:
-        """The SMTP reply line that relays this failure to the client."""
-        return f"{self.code} {self.enhanced} {self.text}"
+        """The SMTP reply line that relays this failure to the client, hint included."""
+        head = f"{self.code} {self.enhanced} "
+        if self.hint is None:
+            return head + self.text
+        tail = f" (hint: {self.hint})"
+        # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF. The listener
+        # cuts longer ones at the end, which would lose the hint, so the provider's words give.
+        room = REPLY_LINE_BYTES - len(head.encode()) - len(tail.encode())
+        text = self.text.encode("utf-8", "replace")
+        if len(text) > room:
+            return head + text[: max(0, room - 3)].decode("utf-8", "ignore") + "..." + tail
+        return head + self.text + tail
 
 
 class TemporaryFailure(UpstreamError):

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from relay.errors import PolicyRejection
+from relay.providers import mailbox_key
 from relay.store import User
 
 Refusal = PolicyRejection | None
 
 
-def sender_refusal(sender: str, user: User) -> Refusal:
-    """Refuse an envelope sender that is not one of the user's own addresses."""
-    if user.rewrite_from or sender.lower() in user.sender_addresses:
+def sender_refusal(sender: str, user: User, preset: str | None = None) -> Refusal:
+    """Refuse an envelope sender that is not one of the user's own addresses at their provider."""
+    if user.rewrite_from:
+        return None
+    key = mailbox_key(sender, preset)
+    if any(mailbox_key(address, preset) == key for address in user.sender_addresses):
         return None
     allowed = ", ".join(user.sender_addresses)
     return PolicyRejection(553, "5.7.1", f"<{sender}> is not yours to send as; allowed: {allowed}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +21,7 @@ from relay.delivery import (
     upstream_error,
 )
 from relay.errors import UpstreamError
-from relay.providers import TlsMode
+from relay.providers import Endpoint, TlsMode
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +122,9 @@ class UpstreamPool:
     async def _open(self, account: UpstreamAccount) -> Session:
         endpoint = account.endpoint
         where = f"{endpoint.host}:{endpoint.port}"
-        client = aiosmtplib.SMTP(
-            hostname=endpoint.host,
-            port=endpoint.port,
-            use_tls=endpoint.tls is TlsMode.IMPLICIT,
-            # True (not None) makes STARTTLS mandatory: never fall back to plaintext.
-            start_tls=endpoint.tls is TlsMode.STARTTLS,
-            tls_context=self.tls.for_ca_file(account.ca_file),
+        client = smtp_client(
+            endpoint,
+            self.tls.for_ca_file(account.ca_file),
             local_hostname=self._local_hostname,
             timeout=self._timeouts.command,
         )
@@ -159,6 +156,22 @@ class UpstreamPool:
             idle, slots.idle[:] = list(slots.idle), []
             for session in idle:
                 await close_session(session)
+
+
+def smtp_client(
+    endpoint: Endpoint, context: ssl.SSLContext, *, local_hostname: str, timeout: float
+) -> aiosmtplib.SMTP:
+    """An unconnected client for endpoint: connect() secures it as the endpoint says, or fails."""
+    return aiosmtplib.SMTP(
+        hostname=endpoint.host,
+        port=endpoint.port,
+        use_tls=endpoint.tls is TlsMode.IMPLICIT,
+        # True (not None) makes STARTTLS mandatory: never fall back to plaintext.
+        start_tls=endpoint.tls is TlsMode.STARTTLS,
+        tls_context=context,
+        local_hostname=local_hostname,
+        timeout=timeout,
+    )
 
 
 async def transact(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -234,3 +234,54 @@ def email_fits(email: str, domains: tuple[str, ...]) -> str | None:
         return None
     expected = " or ".join(f"@{domain}" for domain in domains)
     return f"{email} is not an address this provider serves (expected {expected})"
+
+
+# Gmail ignores dots in a consumer local part (PROVIDERS.md §3 [9]) and delivers name+tag to name
+# (Google help "Create task-specific email addresses", support.google.com/mail/answer/12096);
+# googlemail.com is the same mailbox as gmail.com. Workspace domains keep their dots [9].
+_GMAIL_DOMAINS = ("gmail.com", "googlemail.com")
+
+
+def mailbox_key(address: str, preset: str | None) -> str:
+    """The address as the provider tells mailboxes apart: lower case; Gmail's without dots, +tag."""
+    address = address.lower()
+    local, at, domain = address.rpartition("@")
+    if preset != "gmail" or not at or domain.rstrip(".") not in _GMAIL_DOMAINS:
+        return address
+    return local.split("+", 1)[0].replace(".", "") + "@gmail.com"
+
+
+# Where each preset's providers receive mail: a domain whose MX hosts end in none of these is
+# probably served by someone else. Presets whose receiving hosts no source names are missing.
+MX_SUFFIXES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        # Google: smtp.google.com, or aspmx.l.google.com and its alternates (Google Workspace
+        # help 174125, quoted at https://intodns.ai/citations/google-workspace-mx-records);
+        # gmail.com itself uses gmail-smtp-in.l.google.com.
+        "gmail": ("google.com", "googlemail.com"),
+        "google-workspace": ("google.com", "googlemail.com"),
+        # Microsoft 365: DOMAIN.mail.protection.outlook.com (Microsoft's "Add DNS records to
+        # connect your domain", quoted at https://mxrecordchecker.com/resources/microsoft-365-mx-records);
+        # Outlook.com: *.olc.protection.outlook.com.
+        "office365": ("outlook.com",),
+        "outlook": ("outlook.com",),
+        # Zoho: mx.zoho.com and regional mx.zoho.eu, .in, .com.au, .jp
+        # (https://www.zoho.com/mail/help/adminconsole/configure-email-delivery.html).
+        "zoho": ("zoho.com", "zoho.eu", "zoho.in", "zoho.com.au", "zoho.jp"),
+        "zoho-pro": ("zoho.com", "zoho.eu", "zoho.in", "zoho.com.au", "zoho.jp"),
+    }
+)
+
+
+def mx_mismatch(preset: str | None, domain: str, mx_hosts: Sequence[str] | None) -> str | None:
+    """A warning when the domain's mail goes to hosts other than the preset's; None otherwise."""
+    suffixes = MX_SUFFIXES.get(preset or "")
+    if not suffixes or not mx_hosts:
+        return None  # nothing to compare with, or DNS could not tell
+    hosts = [host.lower().rstrip(".") for host in mx_hosts]
+    if any(host == s or host.endswith("." + s) for host in hosts for s in suffixes):
+        return None
+    return (
+        f"mail for {domain} is received by {', '.join(hosts)}, not by {preset}'s servers: "
+        "check that this is the right provider for the address"
+    )

@@ -1,4 +1,4 @@
-"""SQLite store of users: local login hashes, sealed upstream secrets, settings."""
+"""SQLite store of users: local login hashes, sealed upstream secrets, settings, last checks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,19 @@ from pathlib import Path
 from relay.errors import StoreError, UnknownUser
 from relay.providers import SentCopy
 
-SCHEMA_VERSION = 2
-SCHEMA = """
+SCHEMA_VERSION = 3
+_CHECKS_TABLE = """
+CREATE TABLE IF NOT EXISTS checks (
+    login          TEXT PRIMARY KEY,
+    checked_at     REAL NOT NULL,
+    passed         INTEGER NOT NULL,
+    failed_stage   TEXT,
+    summary        TEXT NOT NULL,
+    report         TEXT NOT NULL
+) STRICT
+"""
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS users (
     login          TEXT PRIMARY KEY,
     provider       TEXT NOT NULL,
@@ -28,9 +39,13 @@ CREATE TABLE IF NOT EXISTS users (
     updated_at     REAL NOT NULL,
     sent_copy      TEXT CHECK (sent_copy IN ('auto', 'always', 'never')),
     sent_folder    TEXT,
-    sent_folder_found TEXT
+    sent_folder_found TEXT,
+    awaiting_check INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 """
+    + _CHECKS_TABLE
+    + ";\n"
+)
 # MIGRATIONS[n - 1] brings a database from schema n to n + 1, keeping every row.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -39,11 +54,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE users ADD COLUMN sent_folder TEXT",
         "ALTER TABLE users ADD COLUMN sent_folder_found TEXT",
     ),
+    (
+        # IF NOT EXISTS: Store.create runs SCHEMA, which makes the table, before upgrading.
+        _CHECKS_TABLE,
+        "ALTER TABLE users ADD COLUMN awaiting_check INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 COLUMNS = (
     "login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled, "
-    "local_hash, sealed_secret, created_at, updated_at, sent_copy, sent_folder, sent_folder_found"
+    "local_hash, sealed_secret, created_at, updated_at, sent_copy, sent_folder, sent_folder_found, "
+    "awaiting_check"
 )
+CHECK_COLUMNS = "login, checked_at, passed, failed_stage, summary, report"
 PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS.split(","))) + ")"
 
 
@@ -66,11 +88,25 @@ class User:
     sent_copy: SentCopy | None = None  # None: as the provider says
     sent_folder: str | None = None  # None: discover it
     sent_folder_found: str | None = None  # what discovery found last time
+    # Disabled until `relay check` passes (config enable_after_check); the check enables them.
+    awaiting_check: bool = False
 
     @property
     def sender_addresses(self) -> tuple[str, ...]:
         """Envelope senders this user may use, lower-cased."""
         return tuple(dict.fromkeys(a.lower() for a in (self.email, *self.aliases)))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """The outcome of a user's last `relay check`."""
+
+    login: str
+    checked_at: float
+    passed: bool
+    failed_stage: str | None  # None when it passed
+    summary: str  # one line: what passed, or the failing stage's reply
+    report: str = field(repr=False)  # the whole report as JSON (docs/check-report.schema.json)
 
 
 UPSTREAM_CREDENTIAL = "upstream_password"  # the name of the sealed field, not a secret
@@ -179,6 +215,7 @@ class Store:
         with self._db:
             if self._db.execute("DELETE FROM users WHERE login = ?", (login,)).rowcount == 0:
                 raise UnknownUser(login)
+            self._db.execute("DELETE FROM checks WHERE login = ?", (login,))
 
     def update_user(self, user: User) -> None:
         """Write back every field of an existing user."""
@@ -200,6 +237,48 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise UnknownUser(login)
+
+    def record_check(self, record: CheckRecord) -> None:
+        """Keep this check as the user's last one, replacing the one before."""
+        with self._db:
+            if self._db.execute("SELECT 1 FROM users WHERE login = ?", (record.login,)).fetchone():
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO checks ({CHECK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        record.login,
+                        record.checked_at,
+                        int(record.passed),
+                        record.failed_stage,
+                        record.summary,
+                        record.report,
+                    ),
+                )
+            else:
+                raise UnknownUser(record.login)
+
+    def last_checks(self) -> dict[str, CheckRecord]:
+        """Each user's last check, by login; users never checked are missing."""
+        rows = self._db.execute(f"SELECT {CHECK_COLUMNS} FROM checks").fetchall()
+        return {str(row[0]): _check(row) for row in rows}
+
+    def last_check(self, login: str) -> CheckRecord | None:
+        """The user's last check, or None if they were never checked."""
+        row = self._db.execute(
+            f"SELECT {CHECK_COLUMNS} FROM checks WHERE login = ?", (login,)
+        ).fetchone()
+        return None if row is None else _check(row)
+
+
+def _check(row: tuple[object, ...]) -> CheckRecord:
+    login, checked_at, passed, failed_stage, summary, report = row
+    return CheckRecord(
+        login=str(login),
+        checked_at=float(str(checked_at)),
+        passed=bool(passed),
+        failed_stage=None if failed_stage is None else str(failed_stage),
+        summary=str(summary),
+        report=str(report),
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -229,13 +308,14 @@ def _row(user: User) -> tuple[object, ...]:
         None if user.sent_copy is None else user.sent_copy.value,
         user.sent_folder,
         user.sent_folder_found,
+        int(user.awaiting_check),
     )
 
 
 def _user(row: tuple[object, ...]) -> User:
     (login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled) = row[:8]
     local_hash, sealed_secret, created_at, updated_at = row[8:12]
-    sent_copy, sent_folder, sent_folder_found = row[12:]
+    sent_copy, sent_folder, sent_folder_found, awaiting_check = row[12:]
     return User(
         login=str(login),
         provider=str(provider),
@@ -252,4 +332,5 @@ def _user(row: tuple[object, ...]) -> User:
         sent_copy=None if sent_copy is None else SentCopy(sent_copy),
         sent_folder=None if sent_folder is None else str(sent_folder),
         sent_folder_found=None if sent_folder_found is None else str(sent_folder_found),
+        awaiting_check=bool(awaiting_check),
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from relay import cli_users
+from relay.cli import main
 from relay.keys import load_key
 from relay.localauth import verify_stored_hash
 from relay.store import UPSTREAM_CREDENTIAL, Store, secret_context
@@ -62,8 +65,9 @@ def test_user_list_shows_state_without_secrets(setup: RelaySetup) -> None:
     setup.add_user("bob", "lab", "bob@example.org", "pw-bob")
     assert setup.cli("user", "disable", "bob").status == 0
     listing = setup.cli("user", "list").out.splitlines()
-    assert listing[1].split() == ["alice", "lab", "alice@example.org", "enabled"]
-    assert listing[2].split() == ["bob", "lab", "bob@example.org", "disabled"]
+    # The last column is the last `relay check`: "-" for never checked.
+    assert listing[1].split() == ["alice", "lab", "alice@example.org", "enabled", "-"]
+    assert listing[2].split() == ["bob", "lab", "bob@example.org", "disabled", "-"]
     assert "pw-" not in "\n".join(listing)
 
 
@@ -232,3 +236,33 @@ def test_user_set_without_a_change_says_what_to_give(setup: RelaySetup) -> None:
     result = setup.cli("user", "set", "alice")
     assert result.status == 1
     assert "give --sent-copy, --sent-folder or --no-sent-folder" in result.err
+
+
+def test_user_add_warns_but_adds_when_the_domains_mail_goes_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = write_config(tmp_path, {"work": {"preset": "google-workspace"}})
+    looked_up: list[str] = []
+
+    def fake_mx(domain: str) -> list[str]:
+        looked_up.append(domain)
+        return ["example-org.mail.protection.outlook.com."]
+
+    monkeypatch.setattr(cli_users, "lookup_mx", fake_mx)
+    password = tmp_path / "pw"
+    password.write_text("app password\n")
+    args = ["--config", str(setup.config_path), "user", "add", "alice", "--provider", "work"]
+    args += ["--email", "alice@example.org", "--password-file", str(password)]
+    umask = os.umask(0o077)  # main() sets it for the process: give the rest of the run its own
+    try:
+        assert main(args) == 0
+    finally:
+        os.umask(umask)
+    err = capsys.readouterr().err
+    assert looked_up == ["example.org"]
+    assert "warning: mail for example.org is received by example-org.mail.protection" in err
+    assert "google-workspace" in err
+
+
+def test_mx_lookup_without_an_answer_gives_no_warning() -> None:
+    assert cli_users.lookup_mx("no-such-domain.invalid") is None

@@ -461,6 +461,18 @@ def test_config_path_comes_from_flag_then_environment_then_default() -> None:
     assert config_path_from(None, {"RELAY_CONFIG": ""}) == DEFAULT_CONFIG_PATH
 
 
+def test_enable_after_check_is_off_by_default_read_and_must_be_true_or_false(
+    tmp_path: Path,
+) -> None:
+    assert not load_config(write(tmp_path, f"providers:\n{LAB}")).enable_after_check
+    config = load_config(write(tmp_path, f"enable_after_check: true\nproviders:\n{LAB}"))
+    assert config.enable_after_check
+    rendered = yaml.safe_load(render_config(config))
+    assert rendered["enable_after_check"] is True
+    path = write(tmp_path, f"enable_after_check: later\nproviders:\n{LAB}")
+    assert_problem(path, "enable_after_check", "expected true or false", "'later'")
+
+
 def test_example_config_loads() -> None:
     config = load_config(EXAMPLE)
     assert set(config.providers) == {"agency", "lab"}

@@ -176,4 +176,5 @@ def test_status_summarises_daemon_queue_and_users_running_or_not(
         rows = {line.split()[0]: line for line in text.splitlines()[4:]}
         assert "unreachable" in rows["dave"] and rows["dave"].split()[2] == "1"
         assert rows["alice"].split()[2] == "0" and rows["alice"].split()[3] != "-"
+        assert "LAST CHECK" in text and rows["erin"].split()[4] == "-"  # never checked
     assert "not running" in stopped

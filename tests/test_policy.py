@@ -63,3 +63,24 @@ def test_provider_recipient_limit_applies_when_lower() -> None:
     assert effective_recipient_limit(100, 50) == 50
     assert effective_recipient_limit(100, None) == 100
     assert effective_recipient_limit(10, 500) == 10
+
+
+GMAIL_USER = replace(ALICE, email="first.last@gmail.com", aliases=())
+
+
+def test_gmail_sender_matches_ignoring_dots_plus_tags_case_and_googlemail() -> None:
+    for sender in (
+        "firstlast@gmail.com",
+        "First.Last+crm@gmail.com",
+        "f.i.r.s.t.l.a.s.t@googlemail.com",
+    ):
+        assert sender_refusal(sender, GMAIL_USER, "gmail") is None, sender
+
+
+def test_gmail_rules_apply_only_to_the_gmail_preset_and_gmail_domains() -> None:
+    assert sender_refusal("firstlast@gmail.com", GMAIL_USER, None) is not None
+    assert sender_refusal("firstlast@gmail.com", GMAIL_USER, "google-workspace") is not None
+    workspace = replace(ALICE, email="first.last@example.org", aliases=())
+    # Workspace domains keep their dots (PROVIDERS.md §3 [9]).
+    assert sender_refusal("firstlast@example.org", workspace, "gmail") is not None
+    assert sender_refusal("otherlast@gmail.com", GMAIL_USER, "gmail") is not None

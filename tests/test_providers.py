@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from relay.providers import PRESETS, Endpoint, TlsMode, address_domain, email_fits
+from relay.providers import (
+    PRESETS,
+    Endpoint,
+    TlsMode,
+    address_domain,
+    email_fits,
+    mailbox_key,
+    mx_mismatch,
+)
 
 GMAIL = PRESETS["gmail"].domains
 
@@ -61,3 +69,38 @@ def test_every_preset_is_named_by_its_key_and_cites_sources() -> None:
 def test_presets_cannot_be_changed_at_run_time() -> None:
     with pytest.raises(TypeError):
         PRESETS["evil"] = PRESETS["gmail"]  # type: ignore[index]  # the point: it is read-only
+
+
+def test_mailbox_key_folds_gmail_addresses_only_for_the_gmail_preset() -> None:
+    assert mailbox_key("First.Last+x@GoogleMail.com", "gmail") == "firstlast@gmail.com"
+    assert mailbox_key("First.Last+x@gmail.com", None) == "first.last+x@gmail.com"
+    assert mailbox_key("first.last+x@example.org", "gmail") == "first.last+x@example.org"
+
+
+def test_mx_elsewhere_is_a_warning_naming_the_hosts() -> None:
+    warning = mx_mismatch("google-workspace", "example.org", ["mx1.example-mail.net."])
+    assert warning is not None
+    assert "example.org" in warning and "mx1.example-mail.net" in warning
+    assert "google-workspace" in warning
+
+
+@pytest.mark.parametrize(
+    ("preset", "hosts"),
+    [
+        ("google-workspace", ["ASPMX.L.GOOGLE.COM.", "alt1.aspmx.l.google.com"]),
+        ("google-workspace", ["smtp.google.com"]),
+        ("office365", ["example-org.mail.protection.outlook.com"]),
+        ("zoho-pro", ["mx.zoho.eu", "mx2.zoho.eu"]),
+    ],
+)
+def test_mx_at_the_presets_provider_gives_no_warning(preset: str, hosts: list[str]) -> None:
+    assert mx_mismatch(preset, "example.org", hosts) is None
+
+
+def test_no_mx_warning_without_dns_an_mx_table_or_a_preset() -> None:
+    assert mx_mismatch("office365", "example.org", None) is None  # DNS could not tell
+    assert mx_mismatch("office365", "example.org", []) is None
+    assert mx_mismatch("fastmail", "example.org", ["mx.example.net"]) is None  # no table
+    assert mx_mismatch(None, "example.org", ["mx.example.net"]) is None
+    # A lookalike is not the provider's host.
+    assert mx_mismatch("office365", "example.org", ["evil-outlook.com"]) is not None

@@ -12,7 +12,7 @@ import pytest
 
 from relay.errors import StoreError, UnknownUser
 from relay.providers import SentCopy
-from relay.store import SCHEMA_VERSION, Store, User
+from relay.store import SCHEMA_VERSION, CheckRecord, Store, User
 
 ALICE = User(
     login="alice",
@@ -135,8 +135,74 @@ def test_schema_1_database_is_upgraded_keeping_its_users(
     assert reopened.get_user("alice").sent_folder_found == "Sent"
     reopened.close()
     connection = sqlite3.connect(tmp_path / "relay.db")
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     connection.close()
+
+
+V2_SCHEMA = """
+CREATE TABLE users (
+    login TEXT PRIMARY KEY, provider TEXT NOT NULL, email TEXT NOT NULL, display_name TEXT,
+    upstream_user TEXT NOT NULL, aliases TEXT NOT NULL DEFAULT '',
+    rewrite_from INTEGER NOT NULL DEFAULT 0, enabled INTEGER NOT NULL DEFAULT 1,
+    local_hash TEXT NOT NULL, sealed_secret BLOB, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sent_copy TEXT CHECK (sent_copy IN ('auto', 'always', 'never')),
+    sent_folder TEXT, sent_folder_found TEXT
+) STRICT;
+INSERT INTO users VALUES
+    ('alice', 'agency', 'alice@example.org', NULL, 'alice@example.org', '', 0, 0,
+     'sha256$abc', X'01', 1.0, 2.0, 'never', 'Sent', NULL);
+PRAGMA user_version = 2;
+"""
+
+
+@pytest.mark.parametrize("opener", [Store.open, Store.create])
+def test_schema_2_database_gets_the_checks_table_keeping_its_users_in_place(
+    tmp_path: Path, opener: Callable[[Path], Store]
+) -> None:
+    connection = sqlite3.connect(tmp_path / "relay.db")
+    connection.executescript(V2_SCHEMA)
+    connection.close()
+    store = opener(tmp_path / "relay.db")
+    alice = store.get_user("alice")
+    assert (alice.enabled, alice.awaiting_check, alice.sent_copy, alice.sent_folder) == (
+        False,
+        False,
+        SentCopy.NEVER,
+        "Sent",
+    )
+    assert store.last_check("alice") is None
+    store.record_check(CHECK)
+    store.close()
+    reopened = Store.open(tmp_path / "relay.db")
+    assert reopened.last_checks() == {"alice": CHECK}
+    reopened.close()
+
+
+CHECK = CheckRecord(
+    login="alice",
+    checked_at=1_700_000_000.5,
+    passed=False,
+    failed_stage="auth",
+    summary="535 5.7.8 Error: authentication failed",
+    report='{"version": 1}',
+)
+
+
+def test_last_check_replaces_the_one_before_and_goes_with_the_user(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "relay.db")
+    store.add_user(replace(ALICE, enabled=False, awaiting_check=True))
+    assert store.get_user("alice").awaiting_check
+    store.record_check(CHECK)
+    passed = replace(CHECK, checked_at=CHECK.checked_at + 60, passed=True, failed_stage=None)
+    store.record_check(passed)
+    assert store.last_check("alice") == passed
+    assert store.last_checks() == {"alice": passed}
+    store.remove_user("alice")
+    assert store.last_checks() == {}
+    with pytest.raises(UnknownUser, match="'alice'"):
+        store.record_check(CHECK)
+    store.close()
 
 
 def test_database_from_a_newer_relay_is_refused(tmp_path: Path) -> None:

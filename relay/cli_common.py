@@ -1,0 +1,53 @@
+"""What the `relay` subcommands share: the config, the store and key, checked input, times."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from relay.config import RelayConfig, config_path_from, load_config
+from relay.errors import RelayError
+from relay.keys import MasterKey, key_path, load_key
+from relay.store import Store
+
+LOGIN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+# Deliberately strict: an address that goes into an SMTP envelope must not carry controls or spaces.
+EMAIL_PATTERN = re.compile(
+    r"[^\s\x00-\x1f\x7f@<>()\[\],;:\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
+)
+
+
+class UsageError(RelayError):
+    """The command line asks for something that cannot be done as asked."""
+
+
+def cli_config(args: argparse.Namespace) -> RelayConfig:
+    """The config named by --config, $RELAY_CONFIG or the default path."""
+    return load_config(config_path_from(args.config, os.environ))
+
+
+@contextmanager
+def open_store(config: RelayConfig) -> Iterator[tuple[Store, MasterKey]]:
+    """The master key and the open store; the store is closed afterwards."""
+    key = load_key(key_path(config.key_file, os.environ))
+    store = Store.open(config.database_path)
+    try:
+        yield store, key
+    finally:
+        store.close()
+
+
+def checked_email(address: str, flag: str) -> str:
+    """A plain address like name@example.org, or UsageError naming the flag."""
+    if not EMAIL_PATTERN.fullmatch(address):
+        raise UsageError(f"{flag}: {address!r} is not a plain address like name@example.org")
+    return address
+
+
+def timestamp(seconds: float) -> str:
+    """A local date and time with its zone, for people."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
