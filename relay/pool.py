@@ -26,6 +26,7 @@ from relay.providers import Endpoint, TlsMode
 logger = logging.getLogger(__name__)
 
 SERVICE_CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
+FRESH_SESSION = 2.0  # seconds since its last mail within which a session is reused unprobed
 
 
 class BrokenIdleSession(Exception):
@@ -114,7 +115,11 @@ class UpstreamPool:
     async def _reusable(self, slots: _UserSlots) -> Session | None:
         while slots.idle:
             session = slots.idle.pop()
-            if time.monotonic() - session.last_used < self.idle_timeout and await _reset(session):
+            idle = time.monotonic() - session.last_used
+            # A finished DATA already resets the transaction (RFC 5321 §4.1.1.4), so a session
+            # used a moment ago goes straight to MAIL; a break there is caught before anything is
+            # handed over (BrokenIdleSession). Longer-idle sessions are probed with RSET first.
+            if idle < FRESH_SESSION or (idle < self.idle_timeout and await _reset(session)):
                 return session
             await close_session(session)
         return None
