@@ -9,14 +9,15 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from relay.check import run_check
-from relay.checkreport import CheckReport, StageResult, Status
 from relay.cli_common import checked_email, cli_config
 from relay.errors import RelayError
 from relay.keys import MasterKey, Secret, key_path, load_key
 from relay.store import UPSTREAM_CREDENTIAL, CheckRecord, Store, User, secret_context
+
+if TYPE_CHECKING:
+    from relay.checkreport import CheckReport, StageResult
 
 SUMMARY_CHARS = 300  # of the one-line summary kept for `relay user list` and `user show`
 
@@ -48,6 +49,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         user = store.get_user(args.login)
         opener = _Opener(user, _master_key(config.key_file))
+        # Imported here: `relay serve` should not carry the diagnosis code (and x509) in memory.
+        from relay.check import run_check
+
         report = asyncio.run(run_check(config, user, opener, send_to=send_to))
         if report.passed and user.awaiting_check:
             store.update_user(replace(user, enabled=True, awaiting_check=False))
@@ -114,6 +118,8 @@ def print_report(report: CheckReport, out: TextIO) -> None:
 
 
 def _print_stage(stage: StageResult, out: TextIO) -> None:
+    from relay.checkreport import Status
+
     ran = stage.status is not Status.SKIP or stage.seconds > 0
     seconds = f"{stage.seconds:6.2f}s" if ran else f"{'-':>7}"
     status = stage.status.value.upper()

@@ -10,9 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-import dns.exception
-import dns.resolver
-
 from relay.cli_common import (
     LOGIN_PATTERN,
     UsageError,
@@ -364,6 +361,10 @@ def _announce_local_secret(login: str, secret: Secret | None, out: TextIO, err: 
 
 def lookup_mx(domain: str) -> list[str] | None:
     """The MX hosts of domain, or None when DNS cannot tell (offline, no answer, timeout)."""
+    # Imported here: only `user add` needs DNS, and `relay serve` should not carry it.
+    import dns.exception
+    import dns.resolver
+
     try:
         answer = dns.resolver.resolve(domain, "MX", lifetime=MX_LOOKUP_SECONDS)
     except (dns.exception.DNSException, OSError):
