@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
 import re
 import socket
 from collections.abc import Mapping
@@ -60,12 +59,7 @@ class ListenerConfig:
     @property
     def is_loopback(self) -> bool:
         """True when connections to this address never leave the machine."""
-        if self.address == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.address).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_address(self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,10 +274,7 @@ def _listeners(reader: Reader, top: Section) -> tuple[ListenerConfig, ...]:
 def _listener(reader: Reader, value: object, path: str) -> ListenerConfig:
     s = reader.section(value, path, _keys(ListenerConfig))
     default = ListenerConfig()
-    address = reader.text(s, "address")
-    if address is not None and address != "localhost" and not is_ip(address):
-        reader.fail(s.key("address"), f"expected an IP address or 'localhost', got {address!r}")
-        address = None
+    address = _address(reader, s)
     listener = ListenerConfig(
         address=address or default.address,
         port=or_default(reader.integer(s, "port", 0, 65535), default.port),
@@ -407,26 +398,42 @@ def _domains(reader: Reader, s: Section) -> tuple[str, ...] | None:
     return tuple(domains)
 
 
+def _address(reader: Reader, s: Section) -> str | None:
+    """An IP address or 'localhost' to listen on; None (and a problem) otherwise."""
+    address = reader.text(s, "address")
+    if address is not None and address != "localhost" and not is_ip(address):
+        reader.fail(s.key("address"), f"expected an IP address or 'localhost', got {address!r}")
+        return None
+    return address
+
+
+def _count(reader: Reader, s: Section, default: object, name: str, low: int = 1) -> int:
+    """An integer key, or the default dataclass's value for it."""
+    fallback: int = getattr(default, name)
+    return or_default(reader.integer(s, name, low=low), fallback)
+
+
+def _seconds(
+    reader: Reader, s: Section, default: object, name: str, allow_zero: bool = False
+) -> float:
+    """A number of seconds, or the default dataclass's value for it."""
+    fallback: float = getattr(default, name)
+    return or_default(reader.seconds(s, name, allow_zero=allow_zero), fallback)
+
+
 def _limits(reader: Reader, s: Section) -> LimitsConfig:
     default = LimitsConfig()
-
-    def count(name: str, low: int = 1) -> int:
-        fallback: int = getattr(default, name)
-        return or_default(reader.integer(s, name, low=low), fallback)
-
-    def seconds(name: str) -> float:
-        fallback: float = getattr(default, name)
-        return or_default(reader.seconds(s, name, allow_zero=True), fallback)
-
     return LimitsConfig(
-        max_message_bytes=count("max_message_bytes"),
-        max_recipients=count("max_recipients"),
-        max_connections=count("max_connections"),
-        max_connections_per_ip=count("max_connections_per_ip"),
-        auth_failure_delay=seconds("auth_failure_delay"),
-        auth_failure_max_delay=seconds("auth_failure_max_delay"),
-        messages_per_minute=count("messages_per_minute", low=0),
-        messages_per_day=count("messages_per_day", low=0),
+        max_message_bytes=_count(reader, s, default, "max_message_bytes"),
+        max_recipients=_count(reader, s, default, "max_recipients"),
+        max_connections=_count(reader, s, default, "max_connections"),
+        max_connections_per_ip=_count(reader, s, default, "max_connections_per_ip"),
+        auth_failure_delay=_seconds(reader, s, default, "auth_failure_delay", allow_zero=True),
+        auth_failure_max_delay=_seconds(
+            reader, s, default, "auth_failure_max_delay", allow_zero=True
+        ),
+        messages_per_minute=_count(reader, s, default, "messages_per_minute", low=0),
+        messages_per_day=_count(reader, s, default, "messages_per_day", low=0),
     )
 
 
@@ -441,30 +448,16 @@ def _upstream(reader: Reader, s: Section) -> UpstreamConfig:
 def _queue(reader: Reader, s: Section) -> QueueConfig:
     default = QueueConfig()
     config = QueueConfig(
-        first_attempt_timeout=or_default(
-            reader.seconds(s, "first_attempt_timeout"), default.first_attempt_timeout
-        ),
-        min_backoff=or_default(reader.seconds(s, "min_backoff"), default.min_backoff),
-        max_backoff=or_default(reader.seconds(s, "max_backoff"), default.max_backoff),
-        lifetime=or_default(reader.seconds(s, "lifetime"), default.lifetime),
-        delay_warning=or_default(
-            reader.seconds(s, "delay_warning", allow_zero=True), default.delay_warning
-        ),
-        per_user_concurrency=or_default(
-            reader.integer(s, "per_user_concurrency"), default.per_user_concurrency
-        ),
-        max_connections_per_user=or_default(
-            reader.integer(s, "max_connections_per_user"), default.max_connections_per_user
-        ),
-        connection_idle_timeout=or_default(
-            reader.seconds(s, "connection_idle_timeout"), default.connection_idle_timeout
-        ),
-        duplicate_window=or_default(
-            reader.seconds(s, "duplicate_window", allow_zero=True), default.duplicate_window
-        ),
-        min_free_bytes=or_default(
-            reader.integer(s, "min_free_bytes", low=0), default.min_free_bytes
-        ),
+        first_attempt_timeout=_seconds(reader, s, default, "first_attempt_timeout"),
+        min_backoff=_seconds(reader, s, default, "min_backoff"),
+        max_backoff=_seconds(reader, s, default, "max_backoff"),
+        lifetime=_seconds(reader, s, default, "lifetime"),
+        delay_warning=_seconds(reader, s, default, "delay_warning", allow_zero=True),
+        per_user_concurrency=_count(reader, s, default, "per_user_concurrency"),
+        max_connections_per_user=_count(reader, s, default, "max_connections_per_user"),
+        connection_idle_timeout=_seconds(reader, s, default, "connection_idle_timeout"),
+        duplicate_window=_seconds(reader, s, default, "duplicate_window", allow_zero=True),
+        min_free_bytes=_count(reader, s, default, "min_free_bytes", low=0),
     )
     if config.max_backoff < config.min_backoff:
         reader.fail(s.key("max_backoff"), "must not be smaller than min_backoff")
@@ -481,10 +474,7 @@ def _logging(reader: Reader, s: Section) -> LoggingConfig:
 
 def _metrics(reader: Reader, s: Section) -> MetricsConfig:
     default = MetricsConfig()
-    address = reader.text(s, "address")
-    if address is not None and address != "localhost" and not is_ip(address):
-        reader.fail(s.key("address"), f"expected an IP address or 'localhost', got {address!r}")
-        address = None
+    address = _address(reader, s)
     return MetricsConfig(
         enabled=or_default(reader.boolean(s, "enabled"), default.enabled),
         address=address or default.address,

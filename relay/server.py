@@ -16,7 +16,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.config import LimitsConfig, RelayConfig
-from relay.errors import PolicyRejection, RelayError, smtp_reply
+from relay.errors import REPLY_LINE_BYTES, PolicyRejection, RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
 from relay.ops import Ops
@@ -35,7 +35,6 @@ from relay.throttle import FailureCounter, SendCounter
 
 logger = logging.getLogger(__name__)
 
-MAX_REPLY_BYTES = 510
 LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
 # RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
@@ -356,9 +355,9 @@ class RelayHandler:
 def _fit(reply: str) -> str:
     # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
     encoded = reply.encode("utf-8", "replace")
-    if len(encoded) <= MAX_REPLY_BYTES:
+    if len(encoded) <= REPLY_LINE_BYTES:
         return reply
-    return encoded[: MAX_REPLY_BYTES - 3].decode("utf-8", "ignore") + "..."
+    return encoded[: REPLY_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
 async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str) -> bytes | None:
