@@ -10,8 +10,10 @@ fix when one is known.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from relay.checkmail import MailStages
 from relay.checkreport import (
@@ -26,21 +28,32 @@ from relay.checkreport import (
 )
 from relay.checksmtp import SmtpStages
 from relay.config import ProviderConfig, RelayConfig
+from relay.credentials import UpstreamSecret
 from relay.delivery import TlsContexts
-from relay.errors import MasterKeyError, StoreError
+from relay.errors import AuthorizationNeeded, MasterKeyError, StoreError, UpstreamError
+from relay.grants import OAuthGrant
 from relay.hints import find_rule
-from relay.keys import Secret
 from relay.providers import email_fits
 from relay.sent import plan_sent_copy
-from relay.store import User
+from relay.store import UpstreamAuth, User
 
 Stage = Callable[[], Awaitable[Found]]
+
+
+class CheckSecrets(Protocol):
+    """Opens the user's upstream secret for the check, and reads their OAuth2 grant."""
+
+    async def open(self) -> UpstreamSecret:
+        """The password, or a freshly renewed access token."""
+
+    def grant(self) -> OAuthGrant | None:
+        """The user's grant as stored now."""
 
 
 async def run_check(
     config: RelayConfig,
     user: User,
-    open_secret: Callable[[], Secret],
+    secrets: CheckSecrets,
     *,
     send_to: str | None = None,
     tls: TlsContexts | None = None,
@@ -48,16 +61,33 @@ async def run_check(
     """Run every stage in order for user, stopping at the first that fails."""
     started, clock = time.time(), time.monotonic()
     provider = config.providers.get(user.provider)
-    opened: list[Secret] = []
+    opened: list[UpstreamSecret] = []
+    oauth2 = user.auth is UpstreamAuth.OAUTH2
 
     async def config_stage() -> Found:
-        found, secret = _check_config(config, user, provider, open_secret)
+        found = _check_config(config, user, provider)
+        if not oauth2:
+            opened.append(await _open_password(user, secrets))
+        return found
+
+    async def oauth2_stage() -> Found:
+        if not oauth2:
+            raise StageSkipped("logs in with a password")
+        found, secret = await _open_token(user, provider, secrets)
         opened.append(secret)
         return found
 
-    results = [await _run_stage("config", config_stage, config.upstream.timeout, None)]
+    timeout = config.upstream.timeout
+    results = [await _run_stage("config", config_stage, timeout, None)]
+    if results[-1].status is not Status.FAIL:
+        preset = None if provider is None else provider.preset
+        # Up to three token requests with pauses between them (relay/oauth.py).
+        results.append(await _run_stage("oauth2", oauth2_stage, 3 * timeout + 3, preset))
     if provider is not None and opened:
-        context = CheckContext(config, user, provider, opened[0], tls or TlsContexts())
+        secret = opened[0]
+        context = CheckContext(
+            config, user, provider, secret.secret, tls or TlsContexts(), bearer=secret.bearer
+        )
         smtp, mail = SmtpStages(context), MailStages(context, send_to)
         connect, command = context.connect_timeout, context.timeout
         stages: dict[str, tuple[Stage, float]] = {
@@ -130,31 +160,24 @@ def _failed(name: str, seconds: float, failure: StageFailure, preset: str | None
     )
 
 
-def _check_config(
-    config: RelayConfig,
-    user: User,
-    provider: ProviderConfig | None,
-    open_secret: Callable[[], Secret],
-) -> tuple[Found, Secret]:
-    """The user's provider is configured and their stored password opens."""
+def _check_config(config: RelayConfig, user: User, provider: ProviderConfig | None) -> Found:
+    """The user's provider is configured, with what the user's way of logging in needs."""
     if provider is None:
         raise StageFailure(
             f"provider {user.provider!r} is not configured",
             None,
             fix=f"add {user.provider!r} under providers: in {config.source}",
         )
-    if user.sealed_secret is None:
+    if user.auth is UpstreamAuth.OAUTH2 and provider.oauth2 is None:
+        raise StageFailure(
+            f"{user.login} logs in with OAuth2; provider {provider.name!r} has no oauth2 section",
+            None,
+            fix=f"add providers.{provider.name}.oauth2 with relay's client_id to {config.source} "
+            "(README: OAuth2), or store a password with 'relay user set-password'",
+        )
+    if user.auth is UpstreamAuth.PASSWORD and user.sealed_secret is None:
         fix = f"store one with 'relay user set-password {user.login}'"
         raise StageFailure("no upstream password is stored", None, fix=fix)
-    try:
-        secret = open_secret()
-    except (MasterKeyError, StoreError) as error:
-        raise StageFailure(
-            "the stored upstream password cannot be opened",
-            str(error),
-            fix="use the key file 'relay init' made, or store the password again with "
-            f"'relay user set-password {user.login}'",
-        ) from None
     warnings = [] if (misfit := email_fits(user.email, provider.domains)) is None else [misfit]
     if not user.enabled:
         warnings.append(
@@ -171,8 +194,99 @@ def _check_config(
         "imap": None if imap is None else f"{imap.host}:{imap.port} {imap.tls.value}",
         "upstream_user": user.upstream_user,
         "sent_copy": plan.value,
+        "login": user.auth.value,
     }
     kind = f"preset {provider.preset}" if provider.preset else "explicit"
     summary = f"provider {provider.name} ({kind}): smtp {facts['smtp']}, "
     summary += f"imap {facts['imap']}" if imap else "no imap"
-    return Found(f"{summary}; Sent copy: {plan.value}", facts, tuple(warnings)), secret
+    return Found(f"{summary}; Sent copy: {plan.value}", facts, tuple(warnings))
+
+
+async def _open_password(user: User, secrets: CheckSecrets) -> UpstreamSecret:
+    try:
+        return await secrets.open()
+    except (MasterKeyError, StoreError) as error:
+        raise StageFailure(
+            "the stored upstream password cannot be opened",
+            str(error),
+            fix="use the key file 'relay init' made, or store the password again with "
+            f"'relay user set-password {user.login}'",
+        ) from None
+
+
+async def _open_token(
+    user: User, provider: ProviderConfig | None, secrets: CheckSecrets
+) -> tuple[Found, UpstreamSecret]:
+    """Renew the access token and say what the grant holds."""
+    before = secrets.grant()
+    try:
+        opened = await secrets.open()
+    except AuthorizationNeeded as error:
+        raise StageFailure(
+            f"relay is not authorized to send as {user.upstream_user}: {error.reason}",
+            error.reason,
+            fix=f"run 'relay user authorize {user.login}'; queued mail goes out once it is done",
+        ) from None
+    except (MasterKeyError, StoreError) as error:
+        raise StageFailure(
+            "the stored refresh token cannot be opened",
+            str(error),
+            fix=f"use the key file 'relay init' made, or run 'relay user authorize {user.login}'",
+        ) from None
+    except UpstreamError as error:
+        fix = error.hint or f"run 'relay user authorize {user.login}' if this persists"
+        raise StageFailure(error.text, error.text, fix=fix) from None
+    grant = secrets.grant() or OAuthGrant(user.login, None)
+    return _token_state(before, grant, provider), opened
+
+
+def _token_state(
+    before: OAuthGrant | None, grant: OAuthGrant, provider: ProviderConfig | None
+) -> Found:
+    """The grant after the renewal: scopes granted, expiry, and when it was refreshed before."""
+    now = time.time()
+    expires = grant.access_expires_at or now
+    asked = provider.oauth2.scopes if provider and provider.oauth2 else ()
+    # offline_access only asks for a refresh token; providers do not list it among the granted.
+    missing = [s for s in asked if s != "offline_access" and not _granted(s, grant.scopes)]
+    warnings = tuple(
+        f"the provider did not grant {scope}: sign in again with 'relay user authorize "
+        f"{grant.login}' and accept every permission"
+        for scope in missing
+    )
+    previous = before.refreshed_at if before else None
+    facts: dict[str, object] = {
+        "scopes": list(grant.scopes),
+        "access_expires_at": _iso(expires),
+        "refreshed_at": _iso(grant.refreshed_at),
+        "previous_refresh_at": _iso(previous),
+        "authorized_at": _iso(grant.authorized_at),
+    }
+    summary = (
+        f"access token renewed, good for {_minutes(expires - now)}; "
+        f"scopes {' '.join(grant.scopes) or '(none listed)'}; "
+        f"authorized {facts['authorized_at'] or 'at an unknown time'}; "
+        f"last refresh before this check {_ago(previous, now)}"
+    )
+    return Found(summary, facts, warnings)
+
+
+def _granted(scope: str, granted: tuple[str, ...]) -> bool:
+    """Whether scope is among those granted, however the server spells it back."""
+    # A server may answer with another case, or without the resource prefix (SMTP.Send).
+    short = scope.rsplit("/", 1)[-1].lower()
+    return any(g.lower() in (scope.lower(), short) for g in granted)
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(seconds, 0) / 60:.0f} min"
+
+
+def _ago(moment: float | None, now: float) -> str:
+    return "never" if moment is None else f"{_minutes(now - moment)} ago"

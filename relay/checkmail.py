@@ -113,7 +113,9 @@ class MailStages:
             idle_timeout=0.0,
         )
         smtp, ca_file = context.provider.smtp, context.provider.ca_file
-        account = UpstreamAccount(smtp, user.upstream_user, context.secret, ca_file)
+        account = UpstreamAccount(
+            smtp, user.upstream_user, context.secret, ca_file, bearer=context.bearer
+        )
         try:
             outcome = await pool.send(
                 user.login, account, prepared.sender, [self.send_to], prepared.upstream
@@ -166,7 +168,7 @@ class MailStages:
     def _account(self) -> ImapAccount:
         """The IMAP account when relay files Sent copies for this user; else StageSkipped."""
         provider, user = self.context.provider, self.context.user
-        account = imap_account(user, provider, self.context.secret)
+        account = imap_account(user, provider, self.context.secret, bearer=self.context.bearer)
         if account is None:
             raise StageSkipped(f"no Sent copy: provider {provider.name} has no imap endpoint")
         if self.plan is SentCopyPlan.SKIP:
@@ -188,7 +190,13 @@ class MailStages:
         account, context = self._account(), self.context
         tls = context.tls.for_ca_file(account.ca_file)
         session = connect(
-            account.endpoint, account.username, account.secret, tls, context.timeout, self.aborter
+            account.endpoint,
+            account.username,
+            account.secret,
+            tls,
+            context.timeout,
+            self.aborter,
+            bearer=account.bearer,
         )
         try:
             return session.holds(wire, message_id)

@@ -19,6 +19,7 @@ REPORT_VERSION = 1
 # Stage names in the order they run; docs/check-report.schema.json lists the same.
 STAGES = (
     "config",
+    "oauth2",
     "dns",
     "tcp",
     "tls",
@@ -47,8 +48,9 @@ class CheckContext:
     config: RelayConfig
     user: User
     provider: ProviderConfig
-    secret: Secret
+    secret: Secret = field(repr=False)
     tls: TlsContexts
+    bearer: bool = False  # secret is an OAuth2 access token
 
     @property
     def preset(self) -> str | None:

@@ -20,6 +20,7 @@ from relay.checkreport import (
 from relay.delivery import auth_error, one_line, upstream_error
 from relay.pool import Session, close_session, smtp_client
 from relay.providers import TlsMode
+from relay.sasl import bearer_mechanism, smtp_login
 
 PORT_FIX = "check the provider's smtp host, port and tls (465: implicit, 587: starttls)"
 TLS_FIX = "check the provider's smtp tls and port, and its ca_file if it uses a private CA"
@@ -121,12 +122,21 @@ class SmtpStages:
                 fix=PORT_FIX,
                 facts=facts,
             )
-        if not client.supported_auth_methods:
+        if context.bearer and bearer_mechanism(client.server_auth_methods) is None:
+            raise StageFailure(
+                f"the server offers AUTH {' '.join(mechanisms)}; an OAuth2 login needs XOAUTH2 "
+                "or OAUTHBEARER",
+                f"AUTH {' '.join(mechanisms)}",
+                fix="this server does not take OAuth2 tokens: give the user a password instead",
+                facts=facts,
+            )
+        if not context.bearer and not client.supported_auth_methods:
             raise StageFailure(
                 f"the server offers AUTH {' '.join(mechanisms)}; relay logs in with PLAIN, "
                 "LOGIN or CRAM-MD5",
                 f"AUTH {' '.join(mechanisms)}",
-                fix="this account needs a login method relay does not have (such as OAuth2)",
+                fix="this account needs another login: if the provider takes OAuth2, see "
+                "'relay user authorize'",
                 facts=facts,
             )
         limit = context.config.limits.max_message_bytes
@@ -144,7 +154,7 @@ class SmtpStages:
         client, context = self._client(), self.context
         username = context.user.upstream_user
         try:
-            await client.login(username, context.secret.reveal())
+            mechanism = await smtp_login(client, username, context.secret, bearer=context.bearer)
         except aiosmtplib.SMTPAuthenticationError as error:
             failed = auth_error(error.code, error.message, username, context.where)
             reply = f"{error.code} {one_line(error.message)}"
@@ -153,7 +163,10 @@ class SmtpStages:
             failed = upstream_error(error, context.where)
             raise StageFailure(failed.text, failed.text, fix=LOGIN_FIX) from None
         await self.close()
-        return Found(f"logged in as {username}", {"username": username})
+        how = f" with {mechanism}" if context.bearer else ""
+        return Found(
+            f"logged in as {username}{how}", {"username": username, "mechanism": mechanism}
+        )
 
     async def close(self) -> None:
         """QUIT the session if one is open."""

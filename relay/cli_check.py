@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from relay.cli_common import checked_email, cli_config
+from relay.config import RelayConfig
+from relay.credentials import Credentials, UpstreamSecret, open_credentials
+from relay.delivery import TlsContexts
 from relay.errors import RelayError
-from relay.keys import MasterKey, Secret, key_path, load_key
-from relay.store import UPSTREAM_CREDENTIAL, CheckRecord, Store, User, secret_context
+from relay.grants import OAuthGrant
+from relay.keys import MasterKey, key_path, load_key
+from relay.store import CheckRecord, Store, User
 
 if TYPE_CHECKING:
     from relay.checkreport import CheckReport, StageResult
@@ -48,11 +52,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     store = Store.open(config.database_path)
     try:
         user = store.get_user(args.login)
-        opener = _Opener(user, _master_key(config.key_file))
-        # Imported here: `relay serve` should not carry the diagnosis code (and x509) in memory.
-        from relay.check import run_check
-
-        report = asyncio.run(run_check(config, user, opener, send_to=send_to))
+        secrets = _Secrets(config, store, user, _master_key(config.key_file))
+        report = asyncio.run(_checked(config, user, secrets, send_to))
         if report.passed and user.awaiting_check:
             store.update_user(replace(user, enabled=True, awaiting_check=False))
             report = replace(report, user_enabled=True)
@@ -76,6 +77,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+async def _checked(
+    config: RelayConfig, user: User, secrets: _Secrets, send_to: str | None
+) -> CheckReport:
+    # Imported here: `relay serve` should not carry the diagnosis code (and x509) in memory.
+    from relay.check import run_check
+
+    try:
+        return await run_check(config, user, secrets, send_to=send_to)
+    finally:
+        await secrets.close()
+
+
 def _master_key(configured: Path) -> MasterKey | RelayError:
     """The master key, or why it cannot be loaded (the config stage reports that)."""
     try:
@@ -84,20 +97,34 @@ def _master_key(configured: Path) -> MasterKey | RelayError:
         return error
 
 
-class _Opener:
-    """Opens the user's sealed upstream password when the check needs it."""
+class _Secrets:
+    """Opens the user's upstream secret when the check needs it (relay.check.CheckSecrets)."""
 
-    def __init__(self, user: User, key: MasterKey | RelayError) -> None:
+    def __init__(
+        self, config: RelayConfig, store: Store, user: User, key: MasterKey | RelayError
+    ) -> None:
+        self._config = config
+        self._store = store
         self._user = user
         self._key = key
+        self._credentials: Credentials | None = None
 
-    def __call__(self) -> Secret:
+    async def open(self) -> UpstreamSecret:
         if isinstance(self._key, RelayError):
             raise self._key
-        if self._user.sealed_secret is None:
-            raise RelayError("no upstream password stored")
-        context = secret_context(self._user.login, UPSTREAM_CREDENTIAL)
-        return self._key.open(self._user.sealed_secret, context)
+        provider = self._config.providers[self._user.provider]  # the config stage checked it
+        if self._credentials is None:
+            self._credentials = open_credentials(
+                self._config, self._store, self._key, TlsContexts()
+            )
+        return await self._credentials.open(self._user, provider)
+
+    def grant(self) -> OAuthGrant | None:
+        return self._store.grants.get(self._user.login)
+
+    async def close(self) -> None:
+        if self._credentials is not None:
+            await self._credentials.tokens.close()
 
 
 def print_report(report: CheckReport, out: TextIO) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
 
+from relay.cli_authorize import add_authorize_command, describe_login, needs_authorization
 from relay.cli_common import (
     LOGIN_PATTERN,
     UsageError,
@@ -18,17 +17,15 @@ from relay.cli_common import (
     open_store,
     timestamp,
 )
+from relay.cli_secrets import announce_local_secret, read_local_secret, read_password
 from relay.config import ProviderConfig
-from relay.keys import Secret
+from relay.grants import OAuthGrant
 from relay.localauth import (
-    generate_local_secret,
-    hash_chosen_secret,
-    hash_generated_secret,
     is_slow_hash,
 )
 from relay.providers import MX_SUFFIXES, SentCopy, address_domain, email_fits, mx_mismatch
 from relay.sent import plan_sent_copy
-from relay.store import UPSTREAM_CREDENTIAL, CheckRecord, User, secret_context
+from relay.store import UPSTREAM_CREDENTIAL, CheckRecord, UpstreamAuth, User, secret_context
 
 SENT_COPY_CHOICES = ("provider", "auto", "always", "never")
 MX_LOOKUP_SECONDS = 3.0  # a warning is not worth a long wait at 'user add'
@@ -49,9 +46,10 @@ def add_user_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--rewrite-from", action="store_true", help="set From and envelope sender to --email"
     )
     add.add_argument("--local-password-file", type=Path, help="choose the local secret")
-    _add_password_source(add)
+    _add_password_source(add, oauth2=True)
     _add_sent_options(add)
     add.set_defaults(run=cmd_user_add)
+    add_authorize_command(users)
 
     users.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
     for name, run, text in (
@@ -94,12 +92,18 @@ def _add_sent_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_password_source(parser: argparse.ArgumentParser) -> None:
+def _add_password_source(parser: argparse.ArgumentParser, *, oauth2: bool = False) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--password-file", type=Path, help="read the upstream password from FILE")
     source.add_argument(
         "--password-stdin", action="store_true", help="read the upstream password from stdin"
     )
+    if oauth2:
+        source.add_argument(
+            "--oauth2",
+            action="store_true",
+            help="log in upstream with OAuth2, no password; then run 'relay user authorize'",
+        )
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -117,8 +121,12 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     aliases = tuple(checked_email(a, "--alias") for a in args.alias)
     display_name = _checked_text(args.display_name, "--display-name")
     upstream_user = _checked_text(args.upstream_user, "--upstream-user") or email
-    password = _read_password(args, f"upstream password for {email}: ")
-    local_secret, local_hash = _local_secret(args.local_password_file)
+    if args.oauth2 and provider.oauth2 is None:
+        raise UsageError(
+            f"--oauth2: provider {provider.name!r} has no oauth2 section in {config.source}"
+        )
+    password = None if args.oauth2 else read_password(args, f"upstream password for {email}: ")
+    local_secret, local_hash = read_local_secret(args.local_password_file)
     domain = address_domain(email)
     mx_hosts = lookup_mx(domain) if provider.preset in MX_SUFFIXES else None
     mx_warning = mx_mismatch(provider.preset, domain, mx_hosts)
@@ -136,16 +144,21 @@ def cmd_user_add(args: argparse.Namespace) -> int:
                 aliases=aliases,
                 rewrite_from=args.rewrite_from,
                 local_hash=local_hash,
-                sealed_secret=key.seal(password, secret_context(login, UPSTREAM_CREDENTIAL)),
+                sealed_secret=None
+                if password is None
+                else key.seal(password, secret_context(login, UPSTREAM_CREDENTIAL)),
+                auth=UpstreamAuth.PASSWORD if password else UpstreamAuth.OAUTH2,
                 sent_copy=_sent_copy_choice(args.sent_copy, provider),
                 sent_folder=_checked_text(args.sent_folder, "--sent-folder"),
                 enabled=not awaiting,
                 awaiting_check=awaiting,
             )
         )
-    _announce_local_secret(login, local_secret, sys.stdout, sys.stderr)
+    announce_local_secret(login, local_secret, sys.stdout, sys.stderr)
     if awaiting:
         print(f"user {login}: disabled until 'relay check {login}' passes", file=sys.stderr)
+    if password is None:
+        print(f"user {login}: now run 'relay user authorize {login}' to sign in", file=sys.stderr)
     return 0
 
 
@@ -154,15 +167,18 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     with open_store(cli_config(args)) as (store, _):
         users = store.list_users()
         checks = store.last_checks()
+        grants = {user.login: store.grants.get(user.login) for user in users}
     print(f"{'LOGIN':<20} {'PROVIDER':<16} {'EMAIL':<32} {'STATE':<14} LAST CHECK")
     for user in users:
-        state = _state(user)
+        state = _state(user, grants[user.login])
         check = _last_check(checks.get(user.login))
         print(f"{user.login:<20} {user.provider:<16} {user.email:<32} {state:<14} {check}")
     return 0
 
 
-def _state(user: User) -> str:
+def _state(user: User, grant: OAuthGrant | None) -> str:
+    if needs_authorization(user, grant):
+        return "needs-authorize"
     if user.enabled:
         return "enabled"
     return "awaiting-check" if user.awaiting_check else "disabled"
@@ -182,13 +198,18 @@ def cmd_user_show(args: argparse.Namespace) -> int:
     with open_store(config) as (store, _):
         user = store.get_user(args.login)
         check = store.last_check(user.login)
-    for label, value in describe_user(user, config.providers.get(user.provider), check):
+        grant = store.grants.get(user.login)
+    provider = config.providers.get(user.provider)
+    for label, value in describe_user(user, provider, check, grant):
         print(f"{label + ':':<18} {value}")
     return 0
 
 
 def describe_user(
-    user: User, provider: ProviderConfig | None = None, check: CheckRecord | None = None
+    user: User,
+    provider: ProviderConfig | None = None,
+    check: CheckRecord | None = None,
+    grant: OAuthGrant | None = None,
 ) -> list[tuple[str, str]]:
     """Label/value pairs that describe a user without revealing any secret."""
     local = "chosen (scrypt hash)" if is_slow_hash(user.local_hash) else "generated (sha256 hash)"
@@ -200,8 +221,8 @@ def describe_user(
         ("upstream user", user.upstream_user),
         ("aliases", ", ".join(user.aliases) or "-"),
         ("rewrite from", "yes" if user.rewrite_from else "no"),
-        ("state", _state(user)),
-        ("upstream secret", "stored, sealed" if user.sealed_secret else "none"),
+        ("state", _state(user, grant)),
+        ("upstream login", describe_login(user, grant)),
         ("local secret", local),
         ("sent copy", _describe_sent_copy(user, provider)),
         ("sent folder", user.sent_folder or "- (found by relay)"),
@@ -284,13 +305,14 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
     config = cli_config(args)
     with open_store(config) as (store, key):
         user = store.get_user(args.login)
-        password = _read_password(args, f"upstream password for {user.email}: ")
+        password = read_password(args, f"upstream password for {user.email}: ")
         sealed = key.seal(password, secret_context(user.login, UPSTREAM_CREDENTIAL))
         # A user someone disabled stays disabled; an enabled one waits for a passing check.
         awaiting = config.enable_after_check and (user.enabled or user.awaiting_check)
         if awaiting:
             user = replace(user, enabled=False, awaiting_check=True)
-        store.update_user(replace(user, sealed_secret=sealed))
+        store.update_user(replace(user, sealed_secret=sealed, auth=UpstreamAuth.PASSWORD))
+        store.grants.forget(user.login)  # a password replaces an OAuth2 grant, if there was one
     print(f"upstream password of {args.login} replaced")
     if awaiting:
         print(
@@ -303,60 +325,10 @@ def cmd_user_new_secret(args: argparse.Namespace) -> int:
     """Issue a new local secret; the old one stops working."""
     with open_store(cli_config(args)) as (store, _):
         user = store.get_user(args.login)
-        local_secret, local_hash = _local_secret(args.local_password_file)
+        local_secret, local_hash = read_local_secret(args.local_password_file)
         store.update_user(replace(user, local_hash=local_hash))
-    _announce_local_secret(user.login, local_secret, sys.stdout, sys.stderr)
+    announce_local_secret(user.login, local_secret, sys.stdout, sys.stderr)
     return 0
-
-
-def _read_password(args: argparse.Namespace, prompt: str) -> Secret:
-    if args.password_file is not None:
-        try:
-            text = args.password_file.read_text()
-        except OSError as error:
-            raise UsageError(
-                f"--password-file: cannot read {args.password_file}: {error.strerror}"
-            ) from None
-    elif args.password_stdin:
-        text = sys.stdin.read()
-    elif sys.stdin.isatty():
-        text = getpass.getpass(prompt)
-    else:
-        raise UsageError("give the upstream password with --password-file FILE or --password-stdin")
-    # Only the line ending a file or pipe adds; a password may legitimately contain spaces.
-    password = text.removesuffix("\n").removesuffix("\r")
-    if not password:
-        raise UsageError("the upstream password is empty")
-    if any(c in password for c in "\r\n\0"):
-        raise UsageError("the upstream password contains a line break or NUL")
-    return Secret(password)
-
-
-def _local_secret(chosen_file: Path | None) -> tuple[Secret | None, str]:
-    """The secret to announce (None when chosen by the operator) and the hash to store."""
-    if chosen_file is None:
-        secret = generate_local_secret()
-        return secret, hash_generated_secret(secret)
-    try:
-        chosen = chosen_file.read_text().removesuffix("\n").removesuffix("\r")
-    except OSError as error:
-        raise UsageError(
-            f"--local-password-file: cannot read {chosen_file}: {error.strerror}"
-        ) from None
-    if len(chosen) < 12:
-        raise UsageError("--local-password-file: a local secret needs at least 12 characters")
-    return None, hash_chosen_secret(Secret(chosen))
-
-
-def _announce_local_secret(login: str, secret: Secret | None, out: TextIO, err: TextIO) -> None:
-    if secret is None:
-        print(f"user {login}: local secret set from file", file=err)
-        return
-    print(
-        f"user {login}: local SMTP login {login!r}; its secret follows, shown only this once",
-        file=err,
-    )
-    print(secret.reveal(), file=out)
 
 
 def lookup_mx(domain: str) -> list[str] | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 
+from relay.configoauth import OAuthSettings, oauth_settings, render_oauth
 from relay.configread import (
     FILE_PROBLEM,
     Reader,
@@ -76,6 +77,7 @@ class ProviderConfig:
     domains: tuple[str, ...]
     max_recipients: int | None
     sent_folder: str | None
+    oauth2: OAuthSettings | None = None
 
     @property
     def appends_sent_copy(self) -> bool:
@@ -254,7 +256,10 @@ def render_config(config: RelayConfig) -> str:
     """The fully resolved config as YAML that parse_config reads back to an equal config."""
     document = {key: plain(getattr(config, key)) for key in _TOP_KEYS if key != "providers"}
     document["providers"] = {
-        name: {key: plain(getattr(provider, key)) for key in _PROVIDER_KEYS}
+        name: {
+            key: render_oauth(provider.oauth2) if key == "oauth2" else plain(getattr(provider, key))
+            for key in _PROVIDER_KEYS
+        }
         for name, provider in config.providers.items()
     }
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
@@ -329,6 +334,9 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
     max_recipients = reader.integer(s, "max_recipients")
     ca_file = reader.readable_file(s, "ca_file")
     sent_folder = reader.text(s, "sent_folder")
+    oauth2 = oauth_settings(
+        reader, s, preset.name if preset else None, preset.oauth2 if preset else None
+    )
     if smtp is None:
         return None
     return ProviderConfig(
@@ -342,6 +350,7 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         domains=or_default(domains, preset.domains if preset else ()),
         max_recipients=or_default(max_recipients, preset.max_recipients if preset else None),
         sent_folder=sent_folder,
+        oauth2=oauth2,
     )
 
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from relay.config import ListenerConfig, RelayConfig, load_config
+from relay.configoauth import OAuthSettings
+from relay.credentials import open_credentials
 from relay.delivery import TlsContexts, UpstreamTimeouts
 from relay.errors import ConfigError, StoreError
 from relay.keys import key_path, load_key
@@ -28,7 +30,8 @@ from relay.pool import UpstreamPool
 from relay.runner import QueueRunner
 from relay.server import RelayHandler, RelaySMTP, Services, SessionTracker
 from relay.spool import Spool
-from relay.store import Store
+from relay.store import Store, UpstreamAuth
+from relay.tokens import keep_grants_alive
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +48,19 @@ def open_services(
     check_private(config.state_dir, config.database_path, config.spool_path)
     master_key = load_key(key_path(config.key_file, environ))
     store = Store.open(config.database_path)
+    tls = TlsContexts()
     pool = UpstreamPool(
         local_hostname=config.hostname,
         timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
-        tls=TlsContexts(),
+        tls=tls,
         max_per_key=config.queue.max_connections_per_user,
         idle_timeout=config.queue.connection_idle_timeout,
     )
     spool = Spool.open(config.spool_path)
-    runner = QueueRunner(config, store, master_key, spool, pool, ops)
+    credentials = open_credentials(
+        config, store, master_key, tls, ops.opened_secret, ops.metrics.oauth_refresh_failed
+    )
+    runner = QueueRunner(config, store, credentials, spool, pool, ops)
     return Services(config=config, store=store, verifier=LocalVerifier(), runner=runner, ops=ops)
 
 
@@ -107,9 +114,21 @@ class Daemon:
         # READY=1 only now: listeners accept, store and spool are open (sd_notify(3)).
         ops.notifier.ready(self._status_line())
         self._side_tasks.append(asyncio.create_task(self._report_status()))
+        tokens = self.services.runner.credentials.tokens
+        self._side_tasks.append(asyncio.create_task(keep_grants_alive(tokens, self._oauth_users)))
         interval = ops.notifier.watchdog_interval()
         if interval is not None:
             self._side_tasks.append(asyncio.create_task(self._feed_watchdog(interval / 2)))
+
+    def _oauth_users(self) -> list[tuple[str, str, OAuthSettings]]:
+        """Each enabled OAuth2 user with their provider's settings, as the config is now."""
+        providers = self.services.config.providers
+        found = []
+        for user in self.services.store.list_users():
+            provider = providers.get(user.provider)
+            if user.auth is UpstreamAuth.OAUTH2 and provider and provider.oauth2 and user.enabled:
+                found.append((user.login, provider.name, provider.oauth2))
+        return found
 
     async def _start_metrics(self) -> int | None:
         settings = self.services.config.metrics

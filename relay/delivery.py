@@ -10,7 +10,9 @@ import aiosmtplib
 
 from relay.errors import (
     PermanentFailure,
+    PermanentLoginRefusal,
     TemporaryFailure,
+    TemporaryLoginRefusal,
     UpstreamError,
     UpstreamTimeout,
     UpstreamTlsError,
@@ -31,8 +33,9 @@ class UpstreamAccount:
 
     endpoint: Endpoint
     username: str
-    secret: Secret
+    secret: Secret = field(repr=False)
     ca_file: Path | None = None
+    bearer: bool = False  # secret is an OAuth2 access token: log in with XOAUTH2 or OAUTHBEARER
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +109,8 @@ def auth_error(code: int, message: str, username: str, where: str) -> UpstreamEr
     text = f"login as {username} at {where} failed: {code} {one_line(message)}"
     hint = provider_hint(where, f"{code} {one_line(message)}")
     if 400 <= code < 500:
-        return TemporaryFailure(451, _enhanced(message, "4.7.0"), text, hint)
-    return PermanentFailure(554, _enhanced(message, "5.7.8"), text, hint)
+        return TemporaryLoginRefusal(451, _enhanced(message, "4.7.0"), text, hint)
+    return PermanentLoginRefusal(554, _enhanced(message, "5.7.8"), text, hint)
 
 
 def provider_hint(where: str, words: str) -> str | None:

@@ -87,6 +87,18 @@ class PermanentFailure(UpstreamError):
     """A 5xx-class failure: the provider refused for good."""
 
 
+class LoginRefused(UpstreamError):
+    """The provider refused relay's login, with a password or an access token."""
+
+
+class TemporaryLoginRefusal(LoginRefused, TemporaryFailure):
+    """A 4xx answer to AUTH."""
+
+
+class PermanentLoginRefusal(LoginRefused, PermanentFailure):
+    """A 5xx answer to AUTH."""
+
+
 class UpstreamUnavailable(TemporaryFailure, ConnectionError):
     """The provider could not be reached or the connection broke."""
 
@@ -97,6 +109,36 @@ class UpstreamTimeout(TemporaryFailure, TimeoutError):
 
 class UpstreamTlsError(TemporaryFailure):
     """The provider's TLS certificate was not trusted or not for its host name."""
+
+
+class AuthorizationNeeded(TemporaryFailure):
+    """The user's OAuth2 grant is missing, revoked or expired: a person must sign in again."""
+
+    def __init__(self, login: str, reason: str) -> None:
+        self.login = login
+        self.reason = reason
+        text = f"{login} must authorize relay at the provider again ({reason})"
+        super().__init__(451, "4.7.0", text, f"run 'relay user authorize {login}'")
+
+
+class OAuthError(RelayError):
+    """The authorization server refused a request; error is its RFC 6749 §5.2 code."""
+
+    def __init__(self, error: str, description: str = "") -> None:
+        self.error = error
+        self.description = description
+        super().__init__(f"{error}: {description}" if description else error)
+
+
+class GrantRevoked(OAuthError):
+    """invalid_grant: the refresh token or code is revoked, expired or was never valid."""
+
+
+class TokenEndpointUnavailable(OAuthError):
+    """The token endpoint could not be reached or kept answering 5xx."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__("temporarily_unavailable", f"{url}: {problem}")
 
 
 class SentCopyRetry(enum.Enum):

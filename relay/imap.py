@@ -34,6 +34,7 @@ from relay.imapwire import (
 )
 from relay.keys import Secret
 from relay.providers import Endpoint, TlsMode
+from relay.sasl import bearer_mechanism
 
 SEEN = r"(\Seen)"
 
@@ -105,6 +106,8 @@ def connect(
     context: ssl.SSLContext,
     timeout: float,
     aborter: Aborter,
+    *,
+    bearer: bool = False,
 ) -> ImapSession:
     """Connect, secure the connection with a verified certificate, and log in."""
     server = f"{endpoint.host}:{endpoint.port}"
@@ -118,7 +121,7 @@ def connect(
         if endpoint.tls is TlsMode.STARTTLS:
             session.starttls(context)
             aborter.watch(client)  # the TLS socket replaced the plain one
-        session.login(username)
+        session.login(username, bearer=bearer)
     except BaseException:
         session.close()
         raise
@@ -145,7 +148,7 @@ class ImapSession:
                 )
             self._client.starttls(context)
 
-    def login(self, username: str) -> None:
+    def login(self, username: str, *, bearer: bool = False) -> None:
         """Log in with the account's secret and learn what the server offers once logged in."""
         client, secret = self._client, self._secret.reveal()
         offered = {capability.upper() for capability in client.capabilities}
@@ -153,6 +156,8 @@ class ImapSession:
             reply: object = None
             if client.state != "NONAUTH":
                 pass  # a PREAUTH greeting: the server knows us already
+            elif bearer:
+                reply = self._bearer_login(username, offered)
             elif "AUTH=PLAIN" in offered:
                 # SASL PLAIN carries any UTF-8 name and password (RFC 4616), as relay's SMTP does.
                 plain = f"\0{username}\0{secret}".encode()
@@ -174,6 +179,27 @@ class ImapSession:
                 self._check("capability", status, data)
                 listed = reply_text(data).split()
         self.capabilities = frozenset(capability.upper() for capability in listed)
+
+    def _bearer_login(self, username: str, offered: set[str]) -> object:
+        """AUTHENTICATE with the access token (XOAUTH2, else OAUTHBEARER)."""
+        names = (c.removeprefix("AUTH=") for c in offered if c.startswith("AUTH="))
+        mechanism = bearer_mechanism(names)
+        if mechanism is None:
+            raise self._error(
+                "login",
+                "server offers no OAuth2 mechanism (AUTH=XOAUTH2 or AUTH=OAUTHBEARER)",
+                SentCopyRetry.AFTER_FIX,
+            )
+        host, port = self.server.rsplit(":", 1)
+        first = mechanism.initial_response(username, self._secret, host, int(port))
+        answers = iter((first,))
+
+        def respond(_challenge: bytes) -> bytes:
+            # After the first message, a challenge is the server's error status; the answer
+            # ends the exchange so that the tagged NO with the reason follows.
+            return next(answers, mechanism.failure_answer)
+
+        return self._client.authenticate(mechanism.value, respond)[1]
 
     def list_mailboxes(self, pattern: str = "*") -> list[Mailbox]:
         """Mailboxes matching pattern, with their special-use flags where the server gives them."""

@@ -22,6 +22,7 @@ from relay.delivery import (
 )
 from relay.errors import UpstreamError
 from relay.providers import Endpoint, TlsMode
+from relay.sasl import smtp_login
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class UpstreamPool:
         )
         try:
             await client.connect(timeout=self._timeouts.connect)
-            await client.login(account.username, account.secret.reveal())
+            await smtp_login(client, account.username, account.secret, bearer=account.bearer)
         except aiosmtplib.SMTPAuthenticationError as error:
             client.close()
             raise auth_error(error.code, error.message, account.username, where) from None

@@ -33,6 +33,23 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuthEndpoints:
+    """Where a provider's OAuth2 authorization server lives and what relay asks it for."""
+
+    authorize_url: str  # may hold {tenant}
+    token_url: str
+    device_url: str | None  # None: the provider has no device flow for mail scopes
+    scopes: tuple[str, ...]
+    # Extra query parameters of the authorization request, such as Google's access_type.
+    authorize_params: tuple[tuple[str, str], ...] = ()
+    default_tenant: str | None = None  # set for endpoints with {tenant} in them
+    # The host of the loopback redirect URI: Microsoft ignores the port only for "localhost";
+    # Google takes any port on 127.0.0.1 for its desktop clients (RFC 8252 §7.3).
+    redirect_host: str = "127.0.0.1"
+    client_secret_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Preset:
     """The facts relay needs about one provider, with the sources that back them."""
 
@@ -43,6 +60,7 @@ class Preset:
     domains: tuple[str, ...]
     max_recipients: int | None
     sources: tuple[str, ...]
+    oauth2: OAuthEndpoints | None = None
 
 
 # RFC 8314 §3.3 (465, 993: implicit TLS), RFC 6409 §3.1 (587), RFC 3501 §2.1 (143 + STARTTLS).
@@ -58,6 +76,33 @@ STANDARD_PORTS: Mapping[tuple[str, TlsMode], int] = MappingProxyType(
 _GOOGLE_SMTP = Endpoint("smtp.gmail.com", 465, TlsMode.IMPLICIT)
 _GOOGLE_IMAP = Endpoint("imap.gmail.com", 993, TlsMode.IMPLICIT)
 _MICROSOFT_IMAP = Endpoint("outlook.office365.com", 993, TlsMode.IMPLICIT)
+# Google's XOAUTH2 doc [2] names the one scope for SMTP and IMAP. Google returns a refresh token
+# only for access_type=offline, and again on a later sign-in only with prompt=consent.
+_GOOGLE_OAUTH = OAuthEndpoints(
+    authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+    token_url="https://oauth2.googleapis.com/token",  # noqa: S106  (an address)
+    # Google's device flow does not allow the mail scope.
+    device_url=None,
+    scopes=("https://mail.google.com/",),
+    authorize_params=(("access_type", "offline"), ("prompt", "consent")),
+    # Google's token endpoint wants the desktop client's secret (not a secret in practice).
+    client_secret_required=True,
+)
+# Microsoft identity platform v2 endpoints with the Exchange Online scopes for SMTP AUTH and
+# IMAP [28]; offline_access is what yields a refresh token.
+_MICROSOFT_LOGIN = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
+_MICROSOFT_OAUTH = OAuthEndpoints(
+    authorize_url=f"{_MICROSOFT_LOGIN}/authorize",
+    token_url=f"{_MICROSOFT_LOGIN}/token",
+    device_url=f"{_MICROSOFT_LOGIN}/devicecode",
+    scopes=(
+        "https://outlook.office.com/SMTP.Send",
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+        "offline_access",
+    ),
+    default_tenant="common",
+    redirect_host="localhost",
+)
 
 _ALL = (
     Preset(
@@ -69,10 +114,12 @@ _ALL = (
         domains=("gmail.com", "googlemail.com"),
         # 100 recipients per message via SMTP (secondary sources only).
         max_recipients=100,
+        oauth2=_GOOGLE_OAUTH,
         sources=(
             "https://mailconfiguration.com/gmail/gmail-imap-pop-smtp-settings/",
             "https://github.com/mustang-im/mustang/issues/627",
             "https://www.wirya.id/2007/09/13/are-there-limits-for-sending-mail.html",
+            "https://developers.google.com/gmail/xoauth2_protocol",
         ),
     ),
     Preset(
@@ -83,10 +130,12 @@ _ALL = (
         files_sent_itself=True,
         domains=(),
         max_recipients=100,
+        oauth2=_GOOGLE_OAUTH,
         sources=(
             "https://mailconfiguration.com/gmail/gmail-imap-pop-smtp-settings/",
             "https://github.com/mustang-im/mustang/issues/627",
             "https://support.google.com/a/answer/166852",
+            "https://developers.google.com/gmail/xoauth2_protocol",
         ),
     ),
     Preset(
@@ -98,10 +147,12 @@ _ALL = (
         files_sent_itself=True,
         domains=(),
         max_recipients=500,
+        oauth2=_MICROSOFT_OAUTH,
         sources=(
             "https://snanc.org/article/how-to-set-up-a-multifunction-device-or-application-to-send-emails-using-microsoft-365-or-office-365",
             "https://github.com/MicrosoftDocs/OfficeDocs-Exchange/issues/1701",
             "https://learn.microsoft.com/en-us/answers/questions/2258712/",
+            "https://gist.github.com/gscales/57216f70aef4b79ff2c0a0053152d5d0",
         ),
     ),
     Preset(
@@ -115,10 +166,12 @@ _ALL = (
         domains=(),
         # 500/msg is documented only for Microsoft 365 subscribers; free accounts get less [22b].
         max_recipients=None,
+        oauth2=_MICROSOFT_OAUTH,
         sources=(
             "https://techissuestoday.com/how-to-update-outlook-email-settings-to-avoid-losing-access-after-september-16/",
             "https://github.com/thunderbird/thunderbird-android/issues/7134",
             "https://support.microsoft.com/en-us/office/sending-limits-in-outlook-com-279ee200-594c-40f0-9ec8-bb6af7735c2e",
+            "https://gist.github.com/gscales/57216f70aef4b79ff2c0a0053152d5d0",
         ),
     ),
     Preset(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import secrets
@@ -13,10 +12,12 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from relay.config import RelayConfig
+from relay.config import ProviderConfig, RelayConfig
+from relay.credentials import Credentials, UpstreamSecret
 from relay.delivery import SendOutcome, UpstreamAccount
 from relay.dsn import build_dsn
 from relay.errors import (
+    LoginRefused,
     PermanentFailure,
     PolicyRejection,
     RelayError,
@@ -26,13 +27,13 @@ from relay.errors import (
     UpstreamError,
     smtp_reply,
 )
-from relay.keys import MasterKey
 from relay.message import PreparedMessage
 from relay.ops import Ops
 from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
 from relay.sent import (
     SentCopyPlan,
+    SentCopyResult,
     append_sent_copy,
     imap_account,
     plan_sent_copy,
@@ -49,7 +50,7 @@ from relay.spool import (
     Spool,
     fingerprint,
 )
-from relay.store import UPSTREAM_CREDENTIAL, Store, User, secret_context
+from relay.store import Store, User
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +93,7 @@ class QueueRunner:
         self,
         config: RelayConfig,
         store: Store,
-        master_key: MasterKey,
+        credentials: Credentials,
         spool: Spool,
         pool: UpstreamPool,
         ops: Ops,
@@ -101,7 +102,7 @@ class QueueRunner:
         self.ops = ops
         self.stats = QueueStats()
         self.store = store
-        self.master_key = master_key
+        self.credentials = credentials
         self.spool = spool
         self.pool = pool
         self._inflight: set[str] = set()
@@ -215,6 +216,7 @@ class QueueRunner:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self.pool.close_all()
+        await self.credentials.tokens.close()
 
     def _spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(work)
@@ -327,13 +329,21 @@ class QueueRunner:
         pending = entry.pending
         remote = "unknown"
         try:
-            user, account = self._account_for(entry)
-            remote = account.endpoint.host
+            user, provider = self._user_and_provider(entry.login)
+            remote = provider.smtp.host
             data = await self.spool.read_data(entry.id)
             if data is None:
                 raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
-            key = _pool_key(user, account)
-            outcome = await self.pool.send(key, account, entry.sender, pending, data)
+            opened = await self.credentials.open(user, provider)
+            try:
+                outcome = await self._send(user, provider, opened, entry.sender, pending, data)
+            except LoginRefused:
+                # An access token may die before its expiry (revoked, clock skew): one fresh
+                # token is worth a second try; a refused password is not.
+                if not self.credentials.refused(user, opened):
+                    raise
+                opened = await self.credentials.open(user, provider)
+                outcome = await self._send(user, provider, opened, entry.sender, pending, data)
             return Verdict(outcome, None, remote)
         except (UpstreamError, PolicyRejection, RelayError) as error:
             reply = smtp_reply(error)
@@ -346,24 +356,31 @@ class QueueRunner:
             )
             return Verdict(outcome, error if isinstance(error, UpstreamError) else None, remote)
 
-    def _account_for(self, entry: QueueEntry) -> tuple[User, UpstreamAccount]:
-        user = self.store.find_user(entry.login)
+    def _user_and_provider(self, login: str) -> tuple[User, ProviderConfig]:
+        user = self.store.find_user(login)
         if user is None:
-            raise PolicyRejection(451, "4.7.0", f"user {entry.login!r} no longer exists")
+            raise PolicyRejection(451, "4.7.0", f"user {login!r} no longer exists")
         provider = self.config.providers.get(user.provider)
         if provider is None:
             raise PolicyRejection(451, "4.3.5", f"provider {user.provider!r} is not configured")
-        if user.sealed_secret is None:
-            raise PolicyRejection(
-                451,
-                "4.7.0",
-                f"no upstream password stored for {user.login}; run 'relay user set-password'",
-            )
-        secret = self.master_key.open(
-            user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
+        return user, provider
+
+    async def _send(
+        self,
+        user: User,
+        provider: ProviderConfig,
+        opened: UpstreamSecret,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+    ) -> SendOutcome:
+        account = UpstreamAccount(
+            provider.smtp, user.upstream_user, opened.secret, provider.ca_file, opened.bearer
         )
-        self.ops.opened_secret(secret)
-        return user, UpstreamAccount(provider.smtp, user.upstream_user, secret, provider.ca_file)
+        # A changed password, grant or provider must never reuse a session logged in with the
+        # old one.
+        key = f"{user.login}|{provider.smtp.host}:{provider.smtp.port}|{opened.identity}"
+        return await self.pool.send(key, account, sender, recipients, data)
 
     async def _provider_is_back(self, login: str) -> None:
         if login not in self._deferred_users:
@@ -419,32 +436,14 @@ class QueueRunner:
     async def _file_copy(self, job: SentJob) -> None:
         user = self.store.find_user(job.login)
         provider = self.config.providers.get(user.provider) if user else None
-        account = None
-        if user is not None and provider is not None and user.sealed_secret is not None:
-            secret = self.master_key.open(
-                user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL)
-            )
-            self.ops.opened_secret(secret)
-            account = imap_account(user, provider, secret)
-        if user is None or provider is None or account is None:
+        if user is None or provider is None or provider.imap is None:
             logger.error(
                 "sent.dropped job=%s user=%s reason=user, provider or imap gone", job.id, job.login
             )
             await self.spool.sent_job_done(job.id)
             return
-        plan = SentCopyPlan(job.plan)
         try:
-            result = await append_sent_copy(
-                account,
-                job.data,
-                job.message_id,
-                job.sent_at,
-                plan=plan if job.attempts == 0 else retry_plan(plan),
-                folder_override=sent_folder_override(user, provider),
-                remembered_folder=user.sent_folder_found,
-                tls=self.pool.tls,
-                timeout=self.config.upstream.timeout,
-            )
+            result = await self._append_as(job, user, provider)
         except SentCopyError as error:
             await self._sent_copy_failed(job, error)
             return
@@ -452,6 +451,45 @@ class QueueRunner:
         if remember is not None and remember != user.sent_folder_found:
             self.store.remember_sent_folder(user.login, remember)
         await self.spool.sent_job_done(job.id)
+
+    async def _append_as(
+        self, job: SentJob, user: User, provider: ProviderConfig
+    ) -> SentCopyResult:
+        """Log in as user and file the copy; a refused access token gets one fresh try."""
+        opened = await self._imap_secret(user, provider)
+        try:
+            return await self._append(job, user, provider, opened)
+        except SentCopyError as error:
+            if error.step != "login" or not self.credentials.refused(user, opened):
+                raise
+        return await self._append(job, user, provider, await self._imap_secret(user, provider))
+
+    async def _imap_secret(self, user: User, provider: ProviderConfig) -> UpstreamSecret:
+        try:
+            return await self.credentials.open(user, provider)
+        except (UpstreamError, PolicyRejection) as error:
+            # Until a person fixes the login (authorizes again, stores a password), retry slowly.
+            reply = smtp_reply(error)
+            raise SentCopyError("login", user.login, reply, SentCopyRetry.AFTER_FIX) from None
+
+    async def _append(
+        self, job: SentJob, user: User, provider: ProviderConfig, opened: UpstreamSecret
+    ) -> SentCopyResult:
+        account = imap_account(user, provider, opened.secret, bearer=opened.bearer)
+        if account is None:
+            raise SentCopyError("login", user.login, "no imap endpoint", SentCopyRetry.NEVER)
+        plan = SentCopyPlan(job.plan)
+        return await append_sent_copy(
+            account,
+            job.data,
+            job.message_id,
+            job.sent_at,
+            plan=plan if job.attempts == 0 else retry_plan(plan),
+            folder_override=sent_folder_override(user, provider),
+            remembered_folder=user.sent_folder_found,
+            tls=self.pool.tls,
+            timeout=self.config.upstream.timeout,
+        )
 
     async def _sent_copy_failed(self, job: SentJob, error: SentCopyError) -> None:
         self.ops.metrics.sent_copy_failed(self._provider_label(job.login))
@@ -588,12 +626,6 @@ class QueueRunner:
 def _reply_code(reply: str) -> int | None:
     head = reply[:3]
     return int(head) if head.isdigit() else None
-
-
-def _pool_key(user: User, account: UpstreamAccount) -> str:
-    # A changed password or provider must never reuse a session logged in with the old one.
-    sealed = hashlib.sha256(user.sealed_secret or b"").hexdigest()[:16]
-    return f"{user.login}|{account.endpoint.host}:{account.endpoint.port}|{sealed}"
 
 
 def _summary(verdict: Verdict) -> str:

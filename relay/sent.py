@@ -95,8 +95,9 @@ class ImapAccount:
     login: str
     endpoint: Endpoint
     username: str
-    secret: Secret
+    secret: Secret = field(repr=False)
     ca_file: Path | None = None
+    bearer: bool = False  # secret is an OAuth2 access token: XOAUTH2 or OAUTHBEARER
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +148,15 @@ def retry_plan(plan: SentCopyPlan) -> SentCopyPlan:
     return SentCopyPlan.APPEND_IF_MISSING if plan is SentCopyPlan.APPEND else plan
 
 
-def imap_account(user: User, provider: ProviderConfig, secret: Secret) -> ImapAccount | None:
+def imap_account(
+    user: User, provider: ProviderConfig, secret: Secret, *, bearer: bool = False
+) -> ImapAccount | None:
     """The user's IMAP login, with the same name and secret as SMTP; None without imap."""
     if provider.imap is None:
         return None
-    return ImapAccount(user.login, provider.imap, user.upstream_user, secret, provider.ca_file)
+    return ImapAccount(
+        user.login, provider.imap, user.upstream_user, secret, provider.ca_file, bearer
+    )
 
 
 def sent_folder_override(user: User, provider: ProviderConfig) -> str | None:
@@ -250,7 +255,13 @@ def _file_copy(
     """In a worker thread: log in, choose the folder, look if asked to, append."""
     account = job.account
     session = connect(
-        account.endpoint, account.username, account.secret, context, job.timeout, aborter
+        account.endpoint,
+        account.username,
+        account.secret,
+        context,
+        job.timeout,
+        aborter,
+        bearer=account.bearer,
     )
     try:
         name, wire, found_by = _choose_folder(session, job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import time
@@ -9,9 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from relay.errors import StoreError, UnknownUser
+from relay.grants import GRANTS_TABLE, Grants
 from relay.providers import SentCopy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _CHECKS_TABLE = """
 CREATE TABLE IF NOT EXISTS checks (
     login          TEXT PRIMARY KEY,
@@ -40,10 +42,13 @@ CREATE TABLE IF NOT EXISTS users (
     sent_copy      TEXT CHECK (sent_copy IN ('auto', 'always', 'never')),
     sent_folder    TEXT,
     sent_folder_found TEXT,
-    awaiting_check INTEGER NOT NULL DEFAULT 0
+    awaiting_check INTEGER NOT NULL DEFAULT 0,
+    auth           TEXT NOT NULL DEFAULT 'password' CHECK (auth IN ('password', 'oauth2'))
 ) STRICT;
 """
     + _CHECKS_TABLE
+    + ";\n"
+    + GRANTS_TABLE
     + ";\n"
 )
 # MIGRATIONS[n - 1] brings a database from schema n to n + 1, keeping every row.
@@ -59,14 +64,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         _CHECKS_TABLE,
         "ALTER TABLE users ADD COLUMN awaiting_check INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        GRANTS_TABLE,
+        "ALTER TABLE users ADD COLUMN auth TEXT NOT NULL DEFAULT 'password' "
+        "CHECK (auth IN ('password', 'oauth2'))",
+    ),
 )
 COLUMNS = (
     "login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled, "
     "local_hash, sealed_secret, created_at, updated_at, sent_copy, sent_folder, sent_folder_found, "
-    "awaiting_check"
+    "awaiting_check, auth"
 )
 CHECK_COLUMNS = "login, checked_at, passed, failed_stage, summary, report"
 PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS.split(","))) + ")"
+
+
+class UpstreamAuth(enum.Enum):
+    """How relay logs in to the user's provider."""
+
+    PASSWORD = "password"  # noqa: S105  (a login method) a password or app password: SASL PLAIN or LOGIN
+    OAUTH2 = "oauth2"  # an access token from the user's OAuth2 grant: XOAUTH2 or OAUTHBEARER
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +107,7 @@ class User:
     sent_folder_found: str | None = None  # what discovery found last time
     # Disabled until `relay check` passes (config enable_after_check); the check enables them.
     awaiting_check: bool = False
+    auth: UpstreamAuth = UpstreamAuth.PASSWORD
 
     @property
     def sender_addresses(self) -> tuple[str, ...]:
@@ -123,6 +141,7 @@ class Store:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        self.grants = Grants(connection)
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -216,6 +235,7 @@ class Store:
             if self._db.execute("DELETE FROM users WHERE login = ?", (login,)).rowcount == 0:
                 raise UnknownUser(login)
             self._db.execute("DELETE FROM checks WHERE login = ?", (login,))
+            self._db.execute("DELETE FROM oauth_grants WHERE login = ?", (login,))
 
     def update_user(self, user: User) -> None:
         """Write back every field of an existing user."""
@@ -309,13 +329,14 @@ def _row(user: User) -> tuple[object, ...]:
         user.sent_folder,
         user.sent_folder_found,
         int(user.awaiting_check),
+        user.auth.value,
     )
 
 
 def _user(row: tuple[object, ...]) -> User:
     (login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled) = row[:8]
     local_hash, sealed_secret, created_at, updated_at = row[8:12]
-    sent_copy, sent_folder, sent_folder_found, awaiting_check = row[12:]
+    sent_copy, sent_folder, sent_folder_found, awaiting_check, auth = row[12:]
     return User(
         login=str(login),
         provider=str(provider),
@@ -333,4 +354,5 @@ def _user(row: tuple[object, ...]) -> User:
         sent_folder=None if sent_folder is None else str(sent_folder),
         sent_folder_found=None if sent_folder_found is None else str(sent_folder_found),
         awaiting_check=bool(awaiting_check),
+        auth=UpstreamAuth(auth),
     )

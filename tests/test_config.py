@@ -475,9 +475,93 @@ def test_enable_after_check_is_off_by_default_read_and_must_be_true_or_false(
 
 def test_example_config_loads() -> None:
     config = load_config(EXAMPLE)
-    assert set(config.providers) == {"agency", "lab"}
+    assert set(config.providers) == {"agency", "work", "lab"}
     assert config.providers["agency"].preset == "gmail"
+    work = config.providers["work"].oauth2
+    assert work is not None and work.token_url.startswith("https://login.microsoftonline.com/")
     lab = config.providers["lab"]
     assert lab.smtp.tls is TlsMode.STARTTLS and lab.imap is not None
     assert config.listen == (ListenerConfig(),)
     assert config.logging == LoggingConfig() and config.metrics == MetricsConfig()
+
+
+# The oauth2 section of a provider.
+
+
+def test_oauth2_on_a_microsoft_preset_takes_the_presets_endpoints_for_the_tenant(
+    tmp_path: Path,
+) -> None:
+    text = "providers:\n  work:\n    preset: office365\n    oauth2:\n"
+    text += "      client_id: 00000000-1111\n      tenant: contoso.onmicrosoft.com\n"
+    oauth2 = load_config(write(tmp_path, text)).providers["work"].oauth2
+    assert oauth2 is not None
+    base = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0"
+    assert (oauth2.authorize_url, oauth2.token_url, oauth2.device_url) == (
+        f"{base}/authorize",
+        f"{base}/token",
+        f"{base}/devicecode",
+    )
+    assert "offline_access" in oauth2.scopes
+    assert "https://outlook.office.com/SMTP.Send" in oauth2.scopes
+
+
+def test_oauth2_on_gmail_has_no_device_flow_and_asks_for_offline_access(tmp_path: Path) -> None:
+    secret = tmp_path / "google-secret"
+    secret.write_text("GOCSPX-abc\n")
+    text = "providers:\n  g:\n    preset: gmail\n    oauth2:\n"
+    text += f"      client_id: 123.apps.googleusercontent.com\n      client_secret_file: {secret}\n"
+    oauth2 = load_config(write(tmp_path, text)).providers["g"].oauth2
+    assert oauth2 is not None and oauth2.device_url is None
+    assert oauth2.scopes == ("https://mail.google.com/",)
+    client = oauth2.client()
+    assert client.client_secret is not None and client.client_secret.reveal() == "GOCSPX-abc"
+    assert ("access_type", "offline") in client.authorize_params
+
+
+def test_oauth2_without_client_id_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n  g:\n    preset: gmail\n    oauth2: {tenant: x}\n")
+    assert_problem(path, "providers.g.oauth2.client_id", "required")
+    assert_problem(path, "providers.g.oauth2.tenant", "has no effect")
+
+
+def test_oauth2_endpoints_must_be_https_except_on_loopback(tmp_path: Path) -> None:
+    text = LAB + "    oauth2:\n      client_id: relay\n      scopes: [mail]\n"
+    text += "      authorize_url: http://login.example.org/authorize\n"
+    text += "      token_url: http://127.0.0.1:8080/token\n"
+    path = write(tmp_path, "providers:\n" + text)
+    assert_problem(path, "providers.lab.oauth2.authorize_url", "expected an https:// URL")
+    assert len(error_of(path).problems) == 1  # the loopback token_url is fine
+
+
+def test_oauth2_on_a_provider_without_preset_needs_endpoints_and_scopes(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n" + LAB + "    oauth2: {client_id: relay}\n")
+    assert_problem(path, "providers.lab.oauth2.authorize_url", "required")
+    assert_problem(path, "providers.lab.oauth2.token_url", "required")
+    assert_problem(path, "providers.lab.oauth2.scopes", "required")
+
+
+def test_an_empty_client_secret_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    text = "providers:\n  g:\n    preset: gmail\n    oauth2:\n      client_id: x\n"
+    path = write(tmp_path, text + f"      client_secret_file: {tmp_path / 'empty'}\n")
+    assert_problem(path, "providers.g.oauth2.client_secret_file", "file is empty")
+
+
+def test_rendered_oauth2_section_reads_back_to_the_same_config(tmp_path: Path) -> None:
+    text = "providers:\n  work:\n    preset: outlook\n    oauth2: {client_id: abc}\n"
+    config = load_config(write(tmp_path, text))
+    again = parse_config(yaml.safe_load(render_config(config)), "again", tmp_path)
+    assert again.providers == config.providers
+    rendered = yaml.safe_load(render_config(config))["providers"]["work"]["oauth2"]
+    assert rendered["tenant"] == "common" and "authorize_params" not in rendered
+
+
+def test_google_needs_the_client_secret_and_microsoft_redirects_to_localhost(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "providers:\n  g:\n    preset: gmail\n    oauth2: {client_id: x}\n")
+    assert_problem(path, "providers.g.oauth2.client_secret_file", "required")
+    text = "providers:\n  w:\n    preset: outlook\n    oauth2: {client_id: x}\n"
+    oauth2 = load_config(write(tmp_path, text)).providers["w"].oauth2
+    # Microsoft ignores the port of a registered http://localhost redirect, not of 127.0.0.1.
+    assert oauth2 is not None and oauth2.redirect_host == "localhost"

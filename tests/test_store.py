@@ -12,7 +12,7 @@ import pytest
 
 from relay.errors import StoreError, UnknownUser
 from relay.providers import SentCopy
-from relay.store import SCHEMA_VERSION, CheckRecord, Store, User
+from relay.store import SCHEMA_VERSION, CheckRecord, Store, UpstreamAuth, User
 
 ALICE = User(
     login="alice",
@@ -123,19 +123,21 @@ def test_schema_1_database_is_upgraded_keeping_its_users(
 ) -> None:
     store = opener(v1_database(tmp_path / "relay.db"))
     alice = store.get_user("alice")
-    assert (alice.email, alice.updated_at, alice.sent_copy, alice.sent_folder) == (
+    assert (alice.email, alice.updated_at, alice.sent_copy, alice.sent_folder, alice.auth) == (
         "alice@example.org",
         2.0,
         None,
         None,
+        UpstreamAuth.PASSWORD,
     )
+    assert store.grants.get("alice") is None
     store.remember_sent_folder("alice", "Sent")
     store.close()
     reopened = Store.open(tmp_path / "relay.db")
     assert reopened.get_user("alice").sent_folder_found == "Sent"
     reopened.close()
     connection = sqlite3.connect(tmp_path / "relay.db")
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     connection.close()
 
 
