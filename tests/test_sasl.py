@@ -105,9 +105,7 @@ async def bearer_only_server(
             auth_require_tls=False,
         )
 
-    server = await asyncio.get_running_loop().create_server(
-        protocol, "127.0.0.1", 0, ssl=context
-    )
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0, ssl=context)
     try:
         yield server.sockets[0].getsockname()[1], ca_file, state
     finally:
@@ -155,4 +153,3 @@ async def test_a_server_without_any_oauth2_mechanism_is_refused_before_sending_t
             await smtp_bearer_login(client, "alice@example.org", Secret("good-token"))
         client.close()
     assert state.logins == [] and state.answers_after_error == []
-
