@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.peers.mailpeers import MailPeers, peers_available, running_mail_peers
+from tests.peers.oauthserver import AuthorizationServer
 
 # --- Real Postfix and Dovecot peers (tests/peers/mailpeers.py); mark users pytest.mark.peers ---
 
@@ -36,3 +37,13 @@ def private_mail_peers() -> Iterator[MailPeers]:
     _require_mail_peers()
     with running_mail_peers() as peers:
         yield peers
+
+
+@pytest.fixture
+def oauth_server(mail_peers: MailPeers) -> Iterator[AuthorizationServer]:
+    """The shared peers' OAuth2 server, its grants and knobs reset before and after the test."""
+    mail_peers.oauth.reset()
+    try:
+        yield mail_peers.oauth
+    finally:
+        mail_peers.oauth.reset()

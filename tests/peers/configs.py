@@ -8,10 +8,19 @@ listen = {host}
 first_valid_uid = {uid}
 last_valid_uid = {uid}
 auth_failure_delay = 0
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2 oauthbearer
+# Off (also the default), so a revoked or expired token is refused at the next login.
+auth_cache_size = 0
+# Passwords are checked only against passwd-file, and tokens only by introspection.
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN {users}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {oauth2}
 }}
 userdb {{
   driver = passwd-file
@@ -47,6 +56,22 @@ service anvil {{
     mode = 0
   }}
 }}
+"""
+
+# The oauth2 passdb's args file: RFC 7662 introspection against tests/peers/oauthserver.py.
+# In post mode Dovecot 2.3 sends token=, client_id= and client_secret= as a form.
+# 2.3.19 checks active before the username, so {"active": false} is a refused token (535),
+# not an internal failure. The timeout bounds a login when the server hangs (0 = no limit).
+DOVECOT_OAUTH2 = """\
+introspection_mode = post
+introspection_url = {url}
+client_id = {client_id}
+client_secret = {client_secret}
+username_attribute = username
+active_attribute = active
+active_value = true
+scope = {scope}
+timeout_msecs = 5000
 """
 
 DOVECOT_DELIVERY = """\

@@ -28,9 +28,11 @@ from tests.peers.configs import (
     DOVECOT_COMMON,
     DOVECOT_DELIVERY,
     DOVECOT_IMAP,
+    DOVECOT_OAUTH2,
     POSTFIX_MAIN,
     POSTFIX_SERVICES,
 )
+from tests.peers.oauthserver import MAIL_SCOPE, AuthorizationServer
 
 HOST = "127.0.0.1"
 START_DEADLINE = 20.0
@@ -157,12 +159,14 @@ class MailPeers:
     imaps_port: int  # Dovecot, implicit TLS
     ca_file: Path
     accounts: dict[str, MailAccount]  # by local part
+    oauth: AuthorizationServer  # issues the bearer tokens both Dovecots accept
     workdir: Path
     startup_seconds: float
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, oauth: AuthorizationServer) -> None:
         self.host = HOST
         self.workdir = workdir
+        self.oauth = oauth
         ports = _free_ports(4)
         self.submission_port, self.submissions_port, self.imap_port, self.imaps_port = ports
         self.accounts = {
@@ -174,6 +178,7 @@ class MailPeers:
         self._postfix_conf = workdir / "postfix" / "conf"
         self._postfix_log = workdir / "postfix" / "log" / "postfix.log"
         users = self._write_users()
+        self._oauth2_conf = self._write_oauth2_conf()
         lmtp, auth = (workdir / "dovecot-delivery" / "run" / name for name in DELIVERY_SOCKETS)
         self._delivery = self._dovecot("delivery", users, DOVECOT_DELIVERY, (lmtp, auth))
         imap_conf = DOVECOT_IMAP.format(
@@ -296,6 +301,22 @@ class MailPeers:
         users.chmod(0o640)
         return users
 
+    def _write_oauth2_conf(self) -> Path:
+        """Write the oauth2 passdb's settings, pointing at the authorization server."""
+        conf = self.workdir / "dovecot-oauth2.conf.ext"
+        conf.write_text(
+            DOVECOT_OAUTH2.format(
+                url=self.oauth.introspect_url,
+                client_id=self.oauth.resource_client_id,
+                client_secret=self.oauth.resource_client_secret,
+                scope=MAIL_SCOPE,
+            )
+        )
+        # It holds the introspection secret; Dovecot's auth process reads it as the dovecot user.
+        os.chown(conf, 0, pwd.getpwnam("dovecot").pw_gid)
+        conf.chmod(0o640)
+        return conf
+
     def _dovecot(
         self, role: str, users: Path, config: str, endpoints: tuple[Endpoint, ...]
     ) -> _Daemon:
@@ -310,6 +331,7 @@ class MailPeers:
             host=HOST,
             uid=pwd.getpwnam("mail").pw_uid,
             users=users,
+            oauth2=self._oauth2_conf,
         )
         conf = root / "dovecot.conf"
         conf.write_text(common + config)
@@ -402,14 +424,17 @@ def peers_available() -> str | None:
 
 @contextmanager
 def running_mail_peers() -> Iterator[MailPeers]:
-    """Start Dovecot and Postfix in a fresh temp directory, and stop and remove all after."""
+    """Start the OAuth2 server, Dovecot and Postfix in a fresh temp directory; stop all after."""
     started = time.monotonic()
     # The postfix, dovecot and mail users must enter it, so not pytest's 0700 tmp_path.
     workdir = Path(tempfile.mkdtemp(prefix="relay-peers-"))
     try:
         workdir.chmod(0o755)
-        peers = MailPeers(workdir)
         with ExitStack() as stack:
+            # Started first: the Dovecot configs name its introspection URL.
+            local, domain = USERS[0]
+            oauth = stack.enter_context(AuthorizationServer(signed_in_as=f"{local}@{domain}"))
+            peers = MailPeers(workdir, oauth)
             for daemon in peers._daemons():
                 stack.callback(daemon.stop)
                 daemon.start()
