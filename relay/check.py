@@ -146,7 +146,7 @@ async def _run_stage(name: str, stage: Stage, limit: float, preset: str | None) 
 
 
 def _failed(name: str, seconds: float, failure: StageFailure, preset: str | None) -> StageResult:
-    rule = find_rule(preset, failure.reply or failure.summary)
+    rule = find_rule(preset, failure.reply or failure.summary) if failure.hints else None
     fix, source = (rule.hint.text, rule.hint.source) if rule else (failure.fix, None)
     return StageResult(
         name,

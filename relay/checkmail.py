@@ -10,13 +10,12 @@ from typing import Any, TypeVar
 from relay.checkreport import CheckContext, Found, StageFailure, StageSkipped
 from relay.delivery import UpstreamAccount, UpstreamTimeouts
 from relay.errors import SentCopyError, UpstreamError
-from relay.imap import Aborter, ImapSession, connect
+from relay.imap import Aborter, ImapAccount, ImapSession, connect
 from relay.imapwire import encode_mailbox
 from relay.message import prepare
 from relay.pool import UpstreamPool
 from relay.sent import (
     FolderSource,
-    ImapAccount,
     SentCopyPlan,
     append_sent_copy,
     find_sent_folder,
@@ -46,10 +45,10 @@ class MailStages:
         """Connect and log in as Sent copies do (relay/imap.py)."""
         account, context = self._account(), self.context
         tls = context.tls.for_ca_file(account.ca_file)
-        endpoint, username, secret = account.endpoint, account.username, account.secret
+        username = account.username
         try:
             self.session = await self._in_thread(
-                connect, endpoint, username, secret, tls, context.timeout, self.aborter
+                connect, account, tls, context.timeout, self.aborter
             )
         except SentCopyError as error:
             summary = f"IMAP {error.step} at {error.server} failed"
@@ -189,15 +188,7 @@ class MailStages:
         """In a worker thread: whether the folder has the message, seen over a fresh session."""
         account, context = self._account(), self.context
         tls = context.tls.for_ca_file(account.ca_file)
-        session = connect(
-            account.endpoint,
-            account.username,
-            account.secret,
-            tls,
-            context.timeout,
-            self.aborter,
-            bearer=account.bearer,
-        )
+        session = connect(account, tls, context.timeout, self.aborter)
         try:
             return session.holds(wire, message_id)
         finally:

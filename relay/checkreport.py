@@ -86,13 +86,20 @@ class StageFailure(Exception):
     """A stage failed: what happened, the server's own words, and a fix if no hint matches."""
 
     def __init__(
-        self, summary: str, reply: str | None, *, fix: str, facts: dict[str, object] | None = None
+        self,
+        summary: str,
+        reply: str | None,
+        *,
+        fix: str,
+        facts: dict[str, object] | None = None,
+        hints: bool = True,  # False: the hints table's advice (about passwords) does not apply
     ) -> None:
         super().__init__(summary)
         self.summary = summary
         self.reply = reply
         self.fix = fix
         self.facts = facts or {}
+        self.hints = hints
 
 
 class StageSkipped(Exception):

@@ -20,7 +20,7 @@ from relay.checkreport import (
 from relay.delivery import auth_error, one_line, upstream_error
 from relay.pool import Session, close_session, smtp_client
 from relay.providers import TlsMode
-from relay.sasl import bearer_mechanism, smtp_login
+from relay.sasl import bearer_mechanism, bearer_refused_fix, smtp_login
 
 PORT_FIX = "check the provider's smtp host, port and tls (465: implicit, 587: starttls)"
 TLS_FIX = "check the provider's smtp tls and port, and its ca_file if it uses a private CA"
@@ -158,6 +158,9 @@ class SmtpStages:
         except aiosmtplib.SMTPAuthenticationError as error:
             failed = auth_error(error.code, error.message, username, context.where)
             reply = f"{error.code} {one_line(error.message)}"
+            if context.bearer:
+                fix = bearer_refused_fix(context.user.login)
+                raise StageFailure(failed.text, reply, fix=fix, hints=False) from None
             raise StageFailure(failed.text, reply, fix=LOGIN_FIX) from None
         except (aiosmtplib.SMTPException, OSError) as error:
             failed = upstream_error(error, context.where)

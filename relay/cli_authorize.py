@@ -185,10 +185,3 @@ def describe_login(user: User, grant: OAuthGrant | None) -> str:
     if grant.access_expires_at:
         parts.append(f"access token expires {timestamp(grant.access_expires_at)}")
     return "; ".join(parts)
-
-
-def needs_authorization(user: User, grant: OAuthGrant | None) -> bool:
-    """True when an OAuth2 user cannot send until someone runs `relay user authorize`."""
-    if user.auth is not UpstreamAuth.OAUTH2:
-        return False
-    return grant is None or grant.sealed_refresh is None or grant.needs_authorization is not None

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 
 from relay.config import RelayConfig, config_path_from, load_config
 from relay.errors import RelayError
+from relay.grants import OAuthGrant
 from relay.keys import MasterKey, key_path, load_key
-from relay.store import Store
+from relay.store import Store, UpstreamAuth, User
 
 LOGIN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 # Deliberately strict: an address that goes into an SMTP envelope must not carry controls or spaces.
@@ -51,3 +52,22 @@ def checked_email(address: str, flag: str) -> str:
 def timestamp(seconds: float) -> str:
     """A local date and time with its zone, for people."""
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
+
+
+USER_STATES = ("enabled", "disabled", "awaiting-check", "needs-authorize")
+
+
+def needs_authorization(user: User, grant: OAuthGrant | None) -> bool:
+    """True when an OAuth2 user cannot send until someone runs `relay user authorize`."""
+    if user.auth is not UpstreamAuth.OAUTH2:
+        return False
+    return grant is None or grant.sealed_refresh is None or grant.needs_authorization is not None
+
+
+def user_state(user: User, grant: OAuthGrant | None) -> str:
+    """enabled, disabled, awaiting-check, or needs-authorize (an OAuth2 user without a grant)."""
+    if needs_authorization(user, grant):
+        return "needs-authorize"
+    if user.enabled:
+        return "enabled"
+    return "awaiting-check" if user.awaiting_check else "disabled"

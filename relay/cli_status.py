@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
 
+from relay.cli_common import USER_STATES, user_state
 from relay.config import RelayConfig, config_path_from, load_config
 from relay.ops import read_status, uptime
 from relay.spool import open_database, select_stats, select_user_status
@@ -34,6 +36,7 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
     try:
         users = store.list_users()
         checks = store.last_checks()
+        states = {user.login: user_state(user, store.grants.get(user.login)) for user in users}
     finally:
         store.close()
     db = open_database(config.spool_path)
@@ -45,15 +48,16 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
         )
     finally:
         db.close()
-    enabled = sum(1 for u in users if u.enabled)
-    lines.append(f"users: {enabled} enabled, {len(users) - enabled} disabled")
+    counts = Counter(states.values())
+    shown = [state for state in USER_STATES if counts[state] or state in ("enabled", "disabled")]
+    lines.append("users: " + ", ".join(f"{counts[state]} {state}" for state in shown))
     oldest = f", oldest {_age(stats.oldest_age())}" if stats.queued else ""
     lines.append(
         f"queue: {stats.queued} queued ({stats.deferred} deferred){oldest}; "
         f"{stats.sent_copies} Sent copies pending"
     )
     lines.append("")
-    heading = f"{'USER':<16} {'STATE':<9} {'QUEUED':>6}  {'LAST SENT':<16}  {'LAST CHECK':<27}"
+    heading = f"{'USER':<16} {'STATE':<15} {'QUEUED':>6}  {'LAST SENT':<16}  {'LAST CHECK':<27}"
     lines.append(heading + "  LAST ERROR")
     for user in users:
         status = per_user.get(user.login)
@@ -65,7 +69,7 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
             and (status.last_error_at or 0) >= (status.last_delivered_at or 0)
         ):
             error = f"{_when(status.last_error_at)} {status.last_error}"
-        state = "enabled" if user.enabled else "disabled"
+        state = states[user.login]
         queued = queued_by_user.get(user.login, 0)
         check = checks.get(user.login)
         checked = "-"
@@ -73,7 +77,7 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
             verdict = "pass" if check.passed else f"fail: {check.failed_stage}"
             checked = f"{_when(check.checked_at)} {verdict}"
         lines.append(
-            f"{user.login:<16} {state:<9} {queued:>6}  {sent:<16}  {checked:<27}  {error}"[:200]
+            f"{user.login:<16} {state:<15} {queued:>6}  {sent:<16}  {checked:<27}  {error}"[:200]
         )
     return lines
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from relay.cli_authorize import add_authorize_command, describe_login, needs_authorization
+from relay.cli_authorize import add_authorize_command, describe_login
 from relay.cli_common import (
     LOGIN_PATTERN,
     UsageError,
@@ -16,6 +16,7 @@ from relay.cli_common import (
     cli_config,
     open_store,
     timestamp,
+    user_state,
 )
 from relay.cli_secrets import announce_local_secret, read_local_secret, read_password
 from relay.config import ProviderConfig
@@ -170,18 +171,10 @@ def cmd_user_list(args: argparse.Namespace) -> int:
         grants = {user.login: store.grants.get(user.login) for user in users}
     print(f"{'LOGIN':<20} {'PROVIDER':<16} {'EMAIL':<32} {'STATE':<14} LAST CHECK")
     for user in users:
-        state = _state(user, grants[user.login])
+        state = user_state(user, grants[user.login])
         check = _last_check(checks.get(user.login))
         print(f"{user.login:<20} {user.provider:<16} {user.email:<32} {state:<14} {check}")
     return 0
-
-
-def _state(user: User, grant: OAuthGrant | None) -> str:
-    if needs_authorization(user, grant):
-        return "needs-authorize"
-    if user.enabled:
-        return "enabled"
-    return "awaiting-check" if user.awaiting_check else "disabled"
 
 
 def _last_check(record: CheckRecord | None) -> str:
@@ -221,7 +214,7 @@ def describe_user(
         ("upstream user", user.upstream_user),
         ("aliases", ", ".join(user.aliases) or "-"),
         ("rewrite from", "yes" if user.rewrite_from else "no"),
-        ("state", _state(user, grant)),
+        ("state", user_state(user, grant)),
         ("upstream login", describe_login(user, grant)),
         ("local secret", local),
         ("sent copy", _describe_sent_copy(user, provider)),

@@ -17,6 +17,8 @@ import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from relay.delivery import one_line
@@ -99,17 +101,23 @@ class _WatchedTls(imaplib.IMAP4_SSL):
         self._aborter.watch(self)
 
 
+@dataclass(frozen=True, slots=True)
+class ImapAccount:
+    """Where and as whom to log in over IMAP; login names the relay user in log lines."""
+
+    login: str
+    endpoint: Endpoint
+    username: str
+    secret: Secret = field(repr=False)
+    ca_file: Path | None = None
+    bearer: bool = False  # secret is an OAuth2 access token: XOAUTH2 or OAUTHBEARER
+
+
 def connect(
-    endpoint: Endpoint,
-    username: str,
-    secret: Secret,
-    context: ssl.SSLContext,
-    timeout: float,
-    aborter: Aborter,
-    *,
-    bearer: bool = False,
+    account: ImapAccount, context: ssl.SSLContext, timeout: float, aborter: Aborter
 ) -> ImapSession:
     """Connect, secure the connection with a verified certificate, and log in."""
+    endpoint, secret = account.endpoint, account.secret
     server = f"{endpoint.host}:{endpoint.port}"
     with failures("connect", server, secret):
         if endpoint.tls is TlsMode.IMPLICIT:
@@ -121,7 +129,7 @@ def connect(
         if endpoint.tls is TlsMode.STARTTLS:
             session.starttls(context)
             aborter.watch(client)  # the TLS socket replaced the plain one
-        session.login(username, bearer=bearer)
+        session.login(account.username, bearer=account.bearer)
     except BaseException:
         session.close()
         raise

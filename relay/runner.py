@@ -19,11 +19,13 @@ from relay.dsn import build_dsn
 from relay.errors import (
     LoginRefused,
     PermanentFailure,
+    PermanentLoginRefusal,
     PolicyRejection,
     RelayError,
     SentCopyError,
     SentCopyRetry,
     TemporaryFailure,
+    TemporaryLoginRefusal,
     UpstreamError,
     smtp_reply,
 )
@@ -31,6 +33,7 @@ from relay.message import PreparedMessage
 from relay.ops import Ops
 from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
+from relay.sasl import bearer_refused_fix
 from relay.sent import (
     SentCopyPlan,
     SentCopyResult,
@@ -343,7 +346,7 @@ class QueueRunner:
                 if not self.credentials.refused(user, opened):
                     raise
                 opened = await self.credentials.open(user, provider)
-                outcome = await self._send(user, provider, opened, entry.sender, pending, data)
+                outcome = await self._send_bearer(user, provider, opened, entry, data)
             return Verdict(outcome, None, remote)
         except (UpstreamError, PolicyRejection, RelayError) as error:
             reply = smtp_reply(error)
@@ -364,6 +367,23 @@ class QueueRunner:
         if provider is None:
             raise PolicyRejection(451, "4.3.5", f"provider {user.provider!r} is not configured")
         return user, provider
+
+    async def _send_bearer(
+        self,
+        user: User,
+        provider: ProviderConfig,
+        opened: UpstreamSecret,
+        entry: QueueEntry,
+        data: bytes,
+    ) -> SendOutcome:
+        try:
+            return await self._send(user, provider, opened, entry.sender, entry.pending, data)
+        except PermanentLoginRefusal as error:
+            # A server answers 535 alike for a bad token and for its own trouble checking one
+            # (Dovecot's introspection down), and a fresh token was refused too: keep the mail
+            # until the login works or someone looks (relay check), rather than bounce it.
+            hint = bearer_refused_fix(user.login)
+            raise TemporaryLoginRefusal(451, "4.7.0", error.text, hint) from None
 
     async def _send(
         self,

@@ -38,6 +38,16 @@ class BearerMechanism(enum.Enum):
         return b"" if self is BearerMechanism.XOAUTH2 else b"\x01"
 
 
+def bearer_refused_fix(login: str) -> str:
+    """What to do when a server refuses a freshly renewed access token."""
+    return (
+        "the server refused a fresh OAuth2 token: check that the upstream user is the account "
+        "that signed in, that the grant has the mail scopes ('relay check "
+        f"{login}'), and at Microsoft that SMTP AUTH is on for the mailbox; then "
+        f"'relay user authorize {login}' again if needed"
+    )
+
+
 def bearer_mechanism(offered: Iterable[str]) -> BearerMechanism | None:
     """The mechanism to use among those the server offers; XOAUTH2 first, as it is widest."""
     names = {name.upper() for name in offered}

@@ -15,16 +15,15 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from relay.config import ProviderConfig
 from relay.delivery import TlsContexts
 from relay.errors import SentCopyError
-from relay.imap import Aborter, ImapSession, connect
+from relay.imap import Aborter, ImapAccount, ImapSession, connect
 from relay.imapwire import Mailbox, decoded_or_wire, encode_mailbox
 from relay.keys import Secret
 from relay.message import normalise_line_endings
-from relay.providers import Endpoint, SentCopy
+from relay.providers import SentCopy
 from relay.store import User
 
 logger = logging.getLogger(__name__)
@@ -86,18 +85,6 @@ class FolderSource(enum.Enum):
     SPECIAL_USE = "special-use"  # flagged \Sent (RFC 6154)
     KNOWN_NAME = "known-name"  # one of KNOWN_SENT_NAMES
     CREATED = "created"  # none found, so relay made one
-
-
-@dataclass(frozen=True, slots=True)
-class ImapAccount:
-    """Where and as whom to log in over IMAP; login names the relay user in log lines."""
-
-    login: str
-    endpoint: Endpoint
-    username: str
-    secret: Secret = field(repr=False)
-    ca_file: Path | None = None
-    bearer: bool = False  # secret is an OAuth2 access token: XOAUTH2 or OAUTHBEARER
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,15 +241,7 @@ def _file_copy(
 ) -> tuple[str, FolderSource, bool, bool]:
     """In a worker thread: log in, choose the folder, look if asked to, append."""
     account = job.account
-    session = connect(
-        account.endpoint,
-        account.username,
-        account.secret,
-        context,
-        job.timeout,
-        aborter,
-        bearer=account.bearer,
-    )
+    session = connect(account, context, job.timeout, aborter)
     try:
         name, wire, found_by = _choose_folder(session, job)
         created = found_by is FolderSource.CREATED

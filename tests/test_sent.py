@@ -21,12 +21,12 @@ import pytest_asyncio
 from relay.config import ProviderConfig, parse_config
 from relay.delivery import TlsContexts
 from relay.errors import SentCopyError, SentCopyRetry
+from relay.imap import ImapAccount
 from relay.imapwire import Mailbox, encode_mailbox, parse_list, quoted
 from relay.keys import Secret
 from relay.providers import Endpoint, SentCopy, TlsMode
 from relay.sent import (
     FolderSource,
-    ImapAccount,
     SentCopyPlan,
     SentCopyResult,
     append_sent_copy,
