@@ -118,7 +118,7 @@ async def _sign_in(
         return await sign_in_with_browser(
             endpoint,
             client,
-            _show_address(user),
+            _show_address(user, device_flow=client.device_url is not None),
             login_hint=user.upstream_user,
             port=args.port,
             timeout=args.wait,
@@ -127,15 +127,21 @@ async def _sign_in(
         await endpoint.close()
 
 
-def _show_address(user: User) -> Callable[[str, str], None]:
+def _show_address(user: User, *, device_flow: bool) -> Callable[[str, str], None]:
     def show(url: str, redirect_uri: str) -> None:
         port = redirect_uri.rstrip("/").rsplit(":", 1)[1]
         print(f"Open this address in a browser and sign in as {user.upstream_user}:\n\n{url}\n")
         print(
             f"relay waits for the browser to come back to {redirect_uri}. If the browser runs on "
             f"another machine, run there first: ssh -L {port}:127.0.0.1:{port} THIS-SERVER",
-            flush=True,
+            flush=not device_flow,
         )
+        if device_flow:
+            print(
+                f"No browser at hand? Stop this and run 'relay user authorize {user.login} "
+                "--device' to sign in with a code on any device.",
+                flush=True,
+            )
 
     return show
 
