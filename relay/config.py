@@ -79,13 +79,6 @@ class ProviderConfig:
     sent_folder: str | None
     oauth2: OAuthSettings | None = None
 
-    @property
-    def appends_sent_copy(self) -> bool:
-        """True when relay itself should APPEND each sent mail to the Sent folder."""
-        if self.imap is None or self.sent_copy is SentCopy.NEVER:
-            return False
-        return self.sent_copy is SentCopy.ALWAYS or not self.files_sent_itself
-
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:

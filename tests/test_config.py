@@ -23,6 +23,7 @@ from relay.config import (
 )
 from relay.errors import ConfigError
 from relay.providers import PRESETS, Endpoint, SentCopy, TlsMode
+from relay.sent import SentCopyPlan, plan_sent_copy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 LAB = "  lab:\n    smtp: {host: mail.example.org, port: 587, tls: starttls}\n"
@@ -354,7 +355,7 @@ def test_preset_expands_to_its_endpoints_sent_behaviour_and_domains(tmp_path: Pa
     assert agency.smtp == Endpoint("smtp.gmail.com", 465, TlsMode.IMPLICIT)
     assert agency.imap == gmail.imap
     assert agency.files_sent_itself and agency.sent_copy is SentCopy.AUTO
-    assert not agency.appends_sent_copy
+    assert plan_sent_copy(agency, None) is SentCopyPlan.SKIP  # Gmail files its own copy
     assert agency.domains == ("gmail.com", "googlemail.com")
     assert agency.max_recipients == gmail.max_recipients
 
@@ -368,7 +369,7 @@ def test_keys_given_with_a_preset_override_field_by_field(tmp_path: Path) -> Non
     assert agency.smtp == Endpoint("smtp.gmail.com", 587, TlsMode.STARTTLS)
     assert agency.imap == PRESETS["gmail"].imap
     assert agency.max_recipients == 20
-    assert agency.appends_sent_copy
+    assert plan_sent_copy(agency, None) is SentCopyPlan.APPEND
 
 
 def test_changing_tls_without_a_port_uses_that_modes_standard_port(tmp_path: Path) -> None:
@@ -387,7 +388,8 @@ def test_explicit_provider_has_no_sent_filing_and_no_fixed_domains(tmp_path: Pat
     assert lab.preset is None
     assert lab.smtp == Endpoint("mail.example.org", 587, TlsMode.STARTTLS)
     assert lab.imap == Endpoint("imap.example.org", 993, TlsMode.IMPLICIT)
-    assert not lab.files_sent_itself and lab.appends_sent_copy
+    assert not lab.files_sent_itself
+    assert plan_sent_copy(lab, None) is SentCopyPlan.APPEND_IF_MISSING
     assert lab.domains == () and lab.max_recipients is None and lab.ca_file is None
     assert lab.sent_folder == "Sent Items"
 
