@@ -126,8 +126,23 @@ def _from_reply(code: int, message: str, text: str, where: str) -> UpstreamError
     # problem, not the mail's, so it keeps the mail queued.
     if not 500 <= code < 600:
         return TemporaryFailure(451, _enhanced(message, "4.0.0"), text, hint)
-    client_code = code if code in _DATA_PERMANENT_CODES else 554
-    return PermanentFailure(client_code, _enhanced(message, "5.0.0"), text, hint)
+    return PermanentFailure(data_reply_code(code), _enhanced(message, "5.0.0"), text, hint)
+
+
+def data_reply_code(code: int) -> int:
+    """A 5xx code that makes sense as the answer to DATA (RFC 5321 §4.3.2); others are 554."""
+    return code if code in _DATA_PERMANENT_CODES else 554
+
+
+def refusal_reply(failed: dict[str, str]) -> str:
+    """The one reply for a message whose every recipient the provider refused for good."""
+    first = next(iter(failed.values()), "550 5.0.0 refused").split(maxsplit=1)
+    code = data_reply_code(int(first[0])) if first and first[0].isdigit() else 550
+    enhanced = _enhanced(first[1] if len(first) > 1 else "", "5.0.0")
+    if not enhanced.startswith("5."):
+        enhanced = "5.0.0"
+    details = "; ".join(f"<{r}> {reply}" for r, reply in failed.items())
+    return f"{code} {enhanced} provider refused every recipient: {details}"
 
 
 def _tls_cause(error: BaseException) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from relay.config import ProviderConfig, RelayConfig
 from relay.credentials import Credentials, UpstreamSecret
-from relay.delivery import SendOutcome, UpstreamAccount
+from relay.delivery import SendOutcome, UpstreamAccount, refusal_reply
 from relay.dsn import build_dsn
 from relay.errors import (
     LoginRefused,
@@ -661,12 +661,4 @@ def _refusal_reply(verdict: Verdict) -> str:
     """The 5xx the waiting app hears when every recipient was refused for good."""
     if verdict.error is not None:
         return verdict.error.reply
-    failed = verdict.outcome.failed
-    first = next(iter(failed.values()), "550 5.0.0 refused")
-    code = first.split()[0] if first[:3].isdigit() else "550"
-    code = code if code in {"550", "551", "552", "553", "554"} else "554"
-    enhanced = (
-        first.split()[1] if len(first.split()) > 1 and first.split()[1][:2] == "5." else "5.0.0"
-    )
-    details = "; ".join(f"<{r}> {reply}" for r, reply in failed.items())
-    return f"{code} {enhanced} provider refused every recipient: {details}"
+    return refusal_reply(verdict.outcome.failed)

@@ -1,0 +1,33 @@
+"""Reading a provider's replies: what the app hears when the provider refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.delivery import refusal_reply
+
+
+@pytest.mark.parametrize(
+    ("replies", "expected_start"),
+    [
+        ({"a@x.org": "550 5.1.1 no such user"}, "550 5.1.1 provider refused every recipient"),
+        # 571 is no answer to DATA (RFC 5321 §4.3.2): the app hears 554.
+        ({"a@x.org": "571 5.7.1 denied"}, "554 5.7.1 provider refused every recipient"),
+        ({"a@x.org": "553 relaying denied"}, "553 5.0.0 provider refused every recipient"),
+        ({"a@x.org": "garbled"}, "550 5.0.0 provider refused every recipient"),
+    ],
+)
+def test_a_refusal_of_every_recipient_becomes_one_5xx_with_each_reply(
+    replies: dict[str, str], expected_start: str
+) -> None:
+    reply = refusal_reply(replies)
+    assert reply.startswith(expected_start)
+    assert reply.endswith(f"<a@x.org> {replies['a@x.org']}")
+
+
+def test_each_refused_recipient_is_named_in_the_reply() -> None:
+    reply = refusal_reply({"a@x.org": "550 5.1.1 gone", "b@x.org": "552 5.2.2 full"})
+    assert reply == (
+        "550 5.1.1 provider refused every recipient: <a@x.org> 550 5.1.1 gone; "
+        "<b@x.org> 552 5.2.2 full"
+    )
