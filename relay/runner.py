@@ -22,8 +22,6 @@ from relay.errors import (
     PermanentLoginRefusal,
     PolicyRejection,
     RelayError,
-    SentCopyError,
-    SentCopyRetry,
     TemporaryFailure,
     TemporaryLoginRefusal,
     UpstreamError,
@@ -34,16 +32,7 @@ from relay.ops import Ops
 from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
 from relay.sasl import bearer_refused_fix
-from relay.sent import (
-    SentCopyPlan,
-    SentCopyResult,
-    append_sent_copy,
-    imap_account,
-    plan_sent_copy,
-    retry_plan,
-    sent_folder_override,
-)
-from relay.sentqueue import SentJob, SentJobSpec
+from relay.sentcopies import SentCopies, provider_label
 from relay.spool import (
     AttemptRecord,
     NewMessage,
@@ -101,7 +90,8 @@ class QueueRunner:
         pool: UpstreamPool,
         ops: Ops,
     ) -> None:
-        self.config = config
+        self.sent = SentCopies(config, store, spool, credentials, pool.tls, ops)
+        self._config = config
         self.ops = ops
         self.stats = QueueStats()
         self.store = store
@@ -110,7 +100,6 @@ class QueueRunner:
         self.pool = pool
         self._inflight: set[str] = set()
         self._rounds: set[str] = set()
-        self._sent_inflight: set[str] = set()
         # Users with deferred mail: only for them does a delivery make other mail due.
         self._deferred_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -221,6 +210,20 @@ class QueueRunner:
         await self.pool.close_all()
         await self.credentials.tokens.close()
 
+    @property
+    def config(self) -> RelayConfig:
+        """The config in force; a reload replaces it for the runner and its Sent copies."""
+        return self._config
+
+    @config.setter
+    def config(self, config: RelayConfig) -> None:
+        self._config = config
+        self.sent.config = config
+
+    def _start_sent_copy(self, job_id: str) -> None:
+        if not self._stopping:
+            self.sent.start(job_id, self._spawn)
+
     def _spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
@@ -275,7 +278,7 @@ class QueueRunner:
             now = time.time()
             delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
             outcome = verdict.outcome
-            sent_job = self._sent_job_for(entry) if outcome.delivered else None
+            sent_job = self.sent.job_for(entry) if outcome.delivered else None
             updated = await self.spool.record(
                 queue_id,
                 AttemptRecord(
@@ -413,131 +416,6 @@ class QueueRunner:
             )
             self._wake.set()
 
-    # -- Sent copies ---------------------------------------------------------------------------
-
-    def _sent_job_for(self, entry: QueueEntry) -> SentJobSpec | None:
-        """A Sent-copy job for this message if the user's settings want one."""
-        user = self.store.find_user(entry.login)
-        provider = self.config.providers.get(user.provider) if user else None
-        if entry.is_bounce or user is None or provider is None:
-            return None
-        plan = plan_sent_copy(provider, user.sent_copy)
-        if plan is SentCopyPlan.SKIP:
-            return None
-        return SentJobSpec(id=secrets.token_hex(8), plan=plan.value)
-
-    def _start_sent_copy(self, job_id: str) -> None:
-        if job_id not in self._sent_inflight and not self._stopping:
-            self._sent_inflight.add(job_id)
-            self._spawn(self._copy_to_sent(job_id))
-
-    async def _copy_to_sent(self, job_id: str) -> None:
-        """File one Sent copy; a failure is retried on its own and never re-sends the mail."""
-        try:
-            job = await self.spool.sent_job(job_id)
-            if job is None:
-                return
-            if time.time() - job.sent_at >= self.config.queue.lifetime:
-                logger.error(
-                    "sent.expired job=%s user=%s msg_id=%s last_error=%r",
-                    job.id,
-                    job.login,
-                    job.message_id,
-                    job.last_error,
-                )
-                await self.spool.sent_job_done(job.id)
-                return
-            await self._file_copy(job)
-        except Exception:
-            logger.exception("sent.crashed job=%s", job_id)
-        finally:
-            self._sent_inflight.discard(job_id)
-
-    async def _file_copy(self, job: SentJob) -> None:
-        user = self.store.find_user(job.login)
-        provider = self.config.providers.get(user.provider) if user else None
-        if user is None or provider is None or provider.imap is None:
-            logger.error(
-                "sent.dropped job=%s user=%s reason=user, provider or imap gone", job.id, job.login
-            )
-            await self.spool.sent_job_done(job.id)
-            return
-        try:
-            result = await self._append_as(job, user, provider)
-        except SentCopyError as error:
-            await self._sent_copy_failed(job, error)
-            return
-        remember = result.folder_to_remember
-        if remember is not None and remember != user.sent_folder_found:
-            self.store.remember_sent_folder(user.login, remember)
-        await self.spool.sent_job_done(job.id)
-
-    async def _append_as(
-        self, job: SentJob, user: User, provider: ProviderConfig
-    ) -> SentCopyResult:
-        """Log in as user and file the copy; a refused access token gets one fresh try."""
-        opened = await self._imap_secret(user, provider)
-        try:
-            return await self._append(job, user, provider, opened)
-        except SentCopyError as error:
-            if error.step != "login" or not self.credentials.refused(user, opened):
-                raise
-        return await self._append(job, user, provider, await self._imap_secret(user, provider))
-
-    async def _imap_secret(self, user: User, provider: ProviderConfig) -> UpstreamSecret:
-        try:
-            return await self.credentials.open(user, provider)
-        except (UpstreamError, PolicyRejection) as error:
-            # Until a person fixes the login (authorizes again, stores a password), retry slowly.
-            reply = smtp_reply(error)
-            raise SentCopyError("login", user.login, reply, SentCopyRetry.AFTER_FIX) from None
-
-    async def _append(
-        self, job: SentJob, user: User, provider: ProviderConfig, opened: UpstreamSecret
-    ) -> SentCopyResult:
-        account = imap_account(user, provider, opened.secret, bearer=opened.bearer)
-        if account is None:
-            raise SentCopyError("login", user.login, "no imap endpoint", SentCopyRetry.NEVER)
-        plan = SentCopyPlan(job.plan)
-        return await append_sent_copy(
-            account,
-            job.data,
-            job.message_id,
-            job.sent_at,
-            plan=plan if job.attempts == 0 else retry_plan(plan),
-            folder_override=sent_folder_override(user, provider),
-            remembered_folder=user.sent_folder_found,
-            tls=self.pool.tls,
-            timeout=self.config.upstream.timeout,
-        )
-
-    async def _sent_copy_failed(self, job: SentJob, error: SentCopyError) -> None:
-        self.ops.metrics.sent_copy_failed(self._provider_label(job.login))
-        if error.retry is SentCopyRetry.NEVER:
-            logger.error(
-                "sent.abandoned job=%s user=%s msg_id=%s reply=%r",
-                job.id,
-                job.login,
-                job.message_id,
-                str(error),
-            )
-            await self.spool.sent_job_done(job.id)
-            return
-        queue = self.config.queue
-        if error.retry is SentCopyRetry.SOON:
-            delay = retry_delay(job.attempts + 1, queue, self._random.uniform(-1, 1))
-        else:
-            delay = queue.max_backoff  # a refused login only locks the account if hammered
-        logger.warning(
-            "sent.retry job=%s user=%s attempt=%d next_in=%.0fs reply=%r",
-            job.id,
-            job.login,
-            job.attempts + 1,
-            delay,
-            str(error),
-        )
-        await self.spool.sent_job_failed(job.id, str(error), time.time() + delay)
-
     # -- bounces -------------------------------------------------------------------------------
 
     async def _expire(self, entry: QueueEntry) -> None:
@@ -607,13 +485,9 @@ class QueueRunner:
         )
         self._wake.set()
 
-    def _provider_label(self, login: str) -> str:
-        user = self.store.find_user(login)
-        return user.provider if user is not None else "unknown"
-
     def _count_attempt(self, entry: QueueEntry, verdict: Verdict) -> None:
         metrics, outcome = self.ops.metrics, verdict.outcome
-        provider = self._provider_label(entry.login)
+        provider = provider_label(self.store, entry.login)
         code = verdict.error.code if verdict.error is not None else _reply_code(outcome.reply)
         metrics.upstream_reply(provider, code)
         metrics.delivery_attempted(provider, outcome.seconds)

@@ -83,25 +83,25 @@ def local_secret_of(setup: RelaySetup) -> str:
 def authorize(setup: RelaySetup, *extra: str, approve: Any = None) -> str:
     """Run `relay user authorize alice`, signing in as a browser would; its whole output."""
     command = [sys.executable, "-m", "relay", "--config", str(setup.config_path)]
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [*command, "user", "authorize", "alice", "--wait", "20", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    for line in process.stdout:
-        lines.append(line)
-        if approve is not None and (code := USER_CODE.search(line)):
-            approve(code.group(1))
-            break
-        if approve is None and URL.match(line.strip()):
-            follow_in_browser(line.strip())
-            break
-    rest, _ = process.communicate(timeout=30)
-    output = "".join(lines) + rest
-    assert process.returncode == 0, output
+    ) as process:
+        assert process.stdout is not None
+        lines: list[str] = []
+        for line in process.stdout:
+            lines.append(line)
+            if approve is not None and (code := USER_CODE.search(line)):
+                approve(code.group(1))
+                break
+            if approve is None and URL.match(line.strip()):
+                follow_in_browser(line.strip())
+                break
+        lines.extend(process.stdout)  # up to the end of the command
+        output = "".join(lines)
+    assert process.wait(timeout=30) == 0, output
     return output
 
 
