@@ -41,7 +41,7 @@ def open_services(
     config: RelayConfig, environ: Mapping[str, str], ops: Ops | None = None
 ) -> Services:
     """Open the store, master key and spool, and build the queue runner on them."""
-    ops = ops or Ops.from_environ(environ)
+    ops = ops or Ops.from_environ(environ, metrics=config.metrics.enabled)
     check_private(config.state_dir, config.database_path, config.spool_path)
     master_key = load_key(key_path(config.key_file, environ))
     store = Store.open(config.database_path)
@@ -281,7 +281,10 @@ def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
 
     async def run() -> None:
         daemon = Daemon(
-            open_services(config, environ, Ops.from_environ(environ, redactor)), environ
+            open_services(
+                config, environ, Ops.from_environ(environ, redactor, metrics=config.metrics.enabled)
+            ),
+            environ,
         )
         daemon.on_reload = relog
         await serve_until_signalled(daemon)
