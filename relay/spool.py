@@ -3,7 +3,8 @@
 SQLite in WAL mode with synchronous=FULL: a commit returns only after the write-ahead log is
 fsynced, so a crash at any instant keeps every message whose commit returned. One file holds
 envelope, state and data together, so there is no window where a message file exists without
-its envelope (or the reverse), and concurrent enqueues share one fsync (group commit).
+its envelope (or the reverse), and concurrent enqueues share one fsync (group commit). The data
+has a table of its own: updating a message's state then never rewrites its body.
 """
 
 from __future__ import annotations
@@ -34,8 +35,16 @@ from relay.sentqueue import (
 )
 
 R = TypeVar("R")
-SCHEMA_VERSION = 1
-SCHEMA = """
+SCHEMA_VERSION = 2
+BLOB_CHUNK = 1 << 20  # larger data is written in pieces, so SQLite never holds a second copy
+BODIES_TABLE = """
+CREATE TABLE IF NOT EXISTS bodies (
+    message_seq  INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
+    data         BLOB NOT NULL
+) STRICT
+"""
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS messages (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT NOT NULL UNIQUE,
@@ -48,11 +57,13 @@ CREATE TABLE IF NOT EXISTS messages (
     last_reply     TEXT NOT NULL DEFAULT '',
     is_bounce      INTEGER NOT NULL DEFAULT 0,
     warned         INTEGER NOT NULL DEFAULT 0,
-    upstream_data  BLOB NOT NULL,
     body_offset    INTEGER NOT NULL,
     sent_header    BLOB NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt);
+"""
+    + BODIES_TABLE
+    + """;
 CREATE TABLE IF NOT EXISTS recipients (
     message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
     address      TEXT NOT NULL,
@@ -77,6 +88,7 @@ CREATE TABLE IF NOT EXISTS accepted (
     at           REAL NOT NULL
 ) STRICT;
 """
+)
 
 
 class RecipientState(Enum):
@@ -102,6 +114,22 @@ class NewMessage:
     received_at: float
     is_bounce: bool = False
     fingerprint: str | None = None  # set when duplicate submissions should be recognised
+
+    def entry(self) -> QueueEntry:
+        """The queue entry this message has once committed, before any attempt."""
+        return QueueEntry(
+            id=self.id,
+            login=self.login,
+            sender=self.sender,
+            message_id=self.message_id,
+            received_at=self.received_at,
+            next_attempt=self.received_at,
+            attempts=0,
+            last_reply="",
+            is_bounce=self.is_bounce,
+            warned=False,
+            recipients=dict.fromkeys(self.recipients, (RecipientState.PENDING, "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,12 +320,31 @@ def open_database(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"spool {path} has schema {version} (made by a newer relay)")
+        if version == 1:
+            _move_data_to_bodies(db)
         db.executescript(SCHEMA)
         db.executescript(SENT_JOBS_SCHEMA)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.Error as error:
         raise StoreError(f"cannot open spool {path}: {error}") from None
     return db
+
+
+def _move_data_to_bodies(db: sqlite3.Connection) -> None:
+    """Schema 1 to 2: move each queued message's data out of `messages`, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(BODIES_TABLE)
+        db.execute("INSERT INTO bodies (message_seq, data) SELECT seq, upstream_data FROM messages")
+        db.execute("ALTER TABLE messages DROP COLUMN upstream_data")
+        db.execute("PRAGMA user_version = 2")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def insert_batch(db: sqlite3.Connection, batch: list[tuple[NewMessage, float]]) -> list[str | None]:
@@ -331,7 +378,7 @@ def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> s
         )
     cursor = db.execute(
         "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
-        "is_bounce, upstream_data, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        "is_bounce, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?)",
         (
             message.id,
             message.login,
@@ -340,16 +387,29 @@ def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> s
             message.received_at,
             message.received_at,
             int(message.is_bounce),
-            message.upstream_data,
             message.body_offset,
             message.sent_header,
         ),
     )
+    seq = cursor.lastrowid
     db.executemany(
         "INSERT OR IGNORE INTO recipients (message_seq, address, state) VALUES (?, ?, ?)",
-        [(cursor.lastrowid, r, RecipientState.PENDING.value) for r in message.recipients],
+        [(seq, r, RecipientState.PENDING.value) for r in message.recipients],
     )
+    _insert_body(db, seq, message.upstream_data)
     return message.id
+
+
+def _insert_body(db: sqlite3.Connection, seq: int | None, data: bytes) -> None:
+    if len(data) <= BLOB_CHUNK or seq is None:
+        db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, ?)", (seq, data))
+        return
+    # Bound as one value, SQLite would copy all of it first, and again to build the record.
+    db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, zeroblob(?))", (seq, len(data)))
+    view = memoryview(data)
+    with db.blobopen("bodies", "data", seq) as blob:
+        for start in range(0, len(data), BLOB_CHUNK):
+            blob.write(view[start : start + BLOB_CHUNK])
 
 
 def _note_user_status(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
@@ -383,7 +443,10 @@ def select_user_status(db: sqlite3.Connection) -> dict[str, UserStatus]:
 
 def select_data(db: sqlite3.Connection, message_id: str) -> bytes | None:
     """The stored upstream bytes."""
-    row = db.execute("SELECT upstream_data FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = db.execute(
+        "SELECT data FROM bodies WHERE message_seq = (SELECT seq FROM messages WHERE id = ?)",
+        (message_id,),
+    ).fetchone()
     return None if row is None else bytes(row[0])
 
 
