@@ -16,6 +16,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.config import LimitsConfig, RelayConfig
+from relay.dataread import DataBudget, DataReader, read_data
 from relay.errors import REPLY_LINE_BYTES, PolicyRejection, RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
+DATA_BUDGET = 256 * 2**20  # octets of DATA all sessions may hold at once; past it, 452
 # RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 5321 §4.2: reply text is HT and printable ASCII.
@@ -157,9 +159,38 @@ class RelaySMTP(SMTP):
         return True
 
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
-        await super().smtp_DATA(arg)
+        await self._data(arg)
         if self.tracker.draining:
             self.close_idle()
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in pieces (relay.dataread) rather than by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if self.envelope is None or not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self.data_size_limit, self.tracker.data_budget)
+        try:
+            try:
+                await read_data(self._reader, reader)
+            except asyncio.CancelledError:
+                self._writer.close()  # the connection was lost during DATA
+                raise
+            if reader.problem is not None:
+                self.envelope = self._create_envelope()
+                await self.push(reader.problem.value)
+                return
+            self.envelope.content = self.envelope.original_content = reader.content()
+            status = await self._call_handler_hook("DATA")
+        finally:
+            reader.release()
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
 
     def close_idle(self) -> None:
         """Say goodbye to a client that is between transactions (used when draining)."""
@@ -180,6 +211,7 @@ class SessionTracker:
         self.limits = limits
         self.sessions: set[RelaySMTP] = set()
         self.per_address: Counter[str] = Counter()
+        self.data_budget = DataBudget(DATA_BUDGET)
         self.draining = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
@@ -335,6 +367,8 @@ class RelayHandler:
         if envelope.original_content is None or envelope.mail_from is None:
             return "503 5.5.1 no mail transaction in progress"
         prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
+        # The prepared copy is all that is needed from here: free the DATA buffer now.
+        envelope.content = envelope.original_content = None
         try:
             reply = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
         except RelayError as error:
