@@ -255,7 +255,10 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
 
 async def _write_data(protocol: SMTPProtocol, data: bytes, timeout: float | None) -> None:
     """Write the message in pieces, each once the connection has taken the one before."""
-    for piece in wire_pieces(data):
+    pieces = wire_pieces(data)
+    if len(data) < WRITE_CHUNK:
+        pieces = [b"".join(pieces)]  # a small mail costs one TLS record and one send, not three
+    for piece in pieces:
         for start in range(0, len(piece), WRITE_CHUNK):
             protocol.write(piece[start : start + WRITE_CHUNK])
             # Written at once, a 10 MB mail is held three more times by asyncio's TLS layer and

@@ -68,6 +68,7 @@ class RelaySMTP(SMTP):
         self.tracker = tracker
         self.opened = time.monotonic()
         self.refused = False
+        self.held_lines = ""  # the lines of a multiline reply so far
         # The config a session started with stays its config, even across a reload (SIGHUP).
         self.services: Services = handler.services
 
@@ -114,7 +115,14 @@ class RelaySMTP(SMTP):
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         # aiosmtpd echoes client bytes (an unknown verb) into replies: a CR, LF or NUL there
         # would forge or split reply lines in the client, and non-ASCII makes push() raise.
-        await super().push(_NOT_REPLY_TEXT.sub("?", text))
+        line = _NOT_REPLY_TEXT.sub("?", text)
+        if line[3:4] == "-":
+            # RFC 5321 §4.2.1: "250-" lines continue a reply that its last line ends. Held
+            # back until then, the reply to EHLO takes one write (one send) instead of seven.
+            self.held_lines += line + "\r\n"
+            return
+        held, self.held_lines = self.held_lines, ""
+        await super().push(held + line)
 
     async def challenge_auth(self, *args: Any, **kwargs: Any) -> Any:
         """aiosmtpd's 334 challenge, with an over-long answer refused rather than crashing."""

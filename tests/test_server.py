@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -277,3 +278,29 @@ async def test_wrong_upstream_password_gives_5xx_with_the_providers_reply(tmp_pa
             reply = await send_through(daemon, secret)
         assert reply[0] == "5"
         assert "535" in reply and "login as alice@example.org" in reply
+
+
+async def test_the_multiline_reply_to_ehlo_is_written_whole_in_one_write(scene: Scene) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", scene.port)
+    try:
+        assert (await reader.readline()).startswith(b"220 ")
+        [session] = scene.daemon.tracker.sessions
+        transport = session.transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        writes: list[bytes] = []
+        write = transport.write
+
+        def recording_write(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        setattr(transport, "write", recording_write)  # noqa: B010  (a method, for this test only)
+        writer.write(b"EHLO app.example\r\n")
+        lines = [await reader.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(await reader.readline())
+        assert len(lines) > 4 and lines[-1].startswith(b"250 ")
+        assert writes == [b"".join(lines)]
+    finally:
+        writer.close()
+        await writer.wait_closed()
