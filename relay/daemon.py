@@ -26,7 +26,8 @@ from relay.metrics import MetricsServer
 from relay.ops import DaemonStatus, Ops, remove_status, write_status
 from relay.pool import UpstreamPool
 from relay.runner import QueueRunner
-from relay.server import RelayHandler, RelaySMTP, Services, SessionTracker
+from relay.server import RelayHandler, RelaySMTP, Services
+from relay.sessions import SessionTracker
 from relay.spool import Spool
 from relay.store import Store
 

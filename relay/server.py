@@ -9,21 +9,21 @@ import re
 import secrets
 import time
 from base64 import b64decode
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.config import LimitsConfig, RelayConfig
-from relay.dataread import DataBudget, DataReader, read_data
-from relay.errors import REPLY_LINE_BYTES, PolicyRejection, RelayError, smtp_reply
+from relay.dataread import DataReader, read_data
+from relay.errors import REPLY_LINE_BYTES, RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
 from relay.ops import Ops
 from relay.policy import (
     auth_delay,
-    connection_refusal,
     effective_recipient_limit,
     login_refusal,
     rate_refusal,
@@ -31,6 +31,7 @@ from relay.policy import (
     sender_refusal,
 )
 from relay.runner import QueueRunner
+from relay.sessions import Commands, SessionTracker, peer_address
 from relay.store import Store, User
 from relay.throttle import FailureCounter, SendCounter
 
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
-DATA_BUDGET = 256 * 2**20  # octets of DATA all sessions may hold at once; past it, 452
 # RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 5321 §4.2: reply text is HT and printable ASCII.
@@ -64,6 +64,10 @@ class RelaySMTP(SMTP):
         # which each EHLO grows by SIZE's and BODY's allowance. Each session gets its own.
         self.command_size_limits: defaultdict[str, int] = defaultdict(lambda: COMMAND_SIZE_LIMIT)
         super().__init__(handler, **kwargs)
+        # aiosmtpd builds two dicts of bound methods for every session, 2.5 KiB of each idle
+        # connection: a table that binds on lookup, and the handler's own hooks, serve them all.
+        self._smtp_methods = Commands(self, VERBS)  # type: ignore[assignment]  # a Mapping will do
+        self._handle_hooks = handler.hooks
         self.session_id = secrets.token_hex(4)
         self.tracker = tracker
         self.opened = time.monotonic()
@@ -79,7 +83,7 @@ class RelaySMTP(SMTP):
             if refusal is not None:
                 self.refused = True
                 logger.warning(
-                    "session.refused peer=%s reply=%r", _address(transport), refusal.reply
+                    "session.refused peer=%s reply=%r", peer_address(transport), refusal.reply
                 )
                 transport.write(refusal.reply.encode() + b"\r\n")
                 transport.close()
@@ -212,42 +216,8 @@ class RelaySMTP(SMTP):
             self.transport.close()
 
 
-class SessionTracker:
-    """The open client sessions, so a drain can wait for them and floods can be refused."""
-
-    def __init__(self, limits: LimitsConfig) -> None:
-        self.limits = limits
-        self.sessions: set[RelaySMTP] = set()
-        self.per_address: Counter[str] = Counter()
-        self.data_budget = DataBudget(DATA_BUDGET)
-        self.draining = False
-        self.all_closed = asyncio.Event()
-        self.all_closed.set()
-
-    def refusal_for(self, transport: Any) -> PolicyRejection | None:
-        """Why a new connection must be turned away, if it must."""
-        return connection_refusal(
-            len(self.sessions),
-            self.per_address[_address(transport)],
-            self.limits.max_connections,
-            self.limits.max_connections_per_ip,
-        )
-
-    def add(self, session: RelaySMTP) -> None:
-        """Remember an open session."""
-        self.sessions.add(session)
-        self.per_address[session.peer_address] += 1
-        self.all_closed.clear()
-
-    def discard(self, session: RelaySMTP) -> None:
-        """Forget a closed session."""
-        if session in self.sessions:
-            self.sessions.discard(session)
-            self.per_address[session.peer_address] -= 1
-            if self.per_address[session.peer_address] <= 0:
-                del self.per_address[session.peer_address]
-        if not self.sessions:
-            self.all_closed.set()
+# The verbs RelaySMTP answers, as aiosmtpd finds them: its smtp_<VERB> methods.
+VERBS = tuple(sorted(name[len("smtp_") :] for name in dir(RelaySMTP) if name.startswith("smtp_")))
 
 
 class RelayHandler:
@@ -257,6 +227,12 @@ class RelayHandler:
         self.services = services
         self.failures = FailureCounter()
         self.sends = SendCounter()
+        # aiosmtpd's hook table (handle_<VERB> by verb), built once for every session to share.
+        self.hooks: dict[str, Callable[..., Any]] = {
+            name[len("handle_") :]: getattr(self, name)
+            for name in dir(self)
+            if name.startswith("handle_")
+        }
 
     async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """RFC 4616 PLAIN, with an initial response or after a 334 challenge."""
@@ -419,11 +395,6 @@ def _user_of(session: Session) -> User:
         # aiosmtpd answers 530 to MAIL, RCPT and DATA before AUTH; reaching here is a bug.
         raise RelayError("session has no authenticated user")
     return user
-
-
-def _address(transport: Any) -> str:
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
 
 def _peer(session: Session | None) -> str:
