@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -301,6 +302,36 @@ async def test_the_multiline_reply_to_ehlo_is_written_whole_in_one_write(scene: 
             lines.append(await reader.readline())
         assert len(lines) > 4 and lines[-1].startswith(b"250 ")
         assert writes == [b"".join(lines)]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        # aiosmtpd lists the commands whose methods carry its @syntax: relay's overrides do not.
+        (b"HELP", b"250 Supported commands: AUTH HELO HELP NOOP QUIT RSET VRFY\r\n"),
+        (b"HELP NOOP", b"250 Syntax: NOOP [ignored]\r\n"),
+        (b"NOOP", b"250 OK"),
+        (b"RSET", b"250 OK"),
+        (b"VRFY bob@example.net", b"252 Cannot VRFY user"),
+        (b"EXPN list", b"502 EXPN not implemented"),
+        (b"FROB", b'500 Error: command "FROB" not recognized'),
+    ],
+)
+async def test_every_smtp_command_is_answered_as_aiosmtpd_answers_it(
+    scene: Scene, command: bytes, reply: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", scene.port)
+    try:
+        assert (await reader.readline()).startswith(b"220 ")
+        login = base64.b64encode(b"\0alice\0" + scene.secrets["alice"].encode())
+        writer.write(b"EHLO app.example\r\nAUTH PLAIN " + login + b"\r\n" + command + b"\r\n")
+        while (await reader.readline()).startswith(b"250-"):
+            pass
+        assert (await reader.readline()).startswith(b"235 ")
+        assert (await reader.readline()).startswith(reply)
     finally:
         writer.close()
         await writer.wait_closed()
