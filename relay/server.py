@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-import re
 import secrets
 import time
 from base64 import b64decode
@@ -18,7 +17,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.config import LimitsConfig, RelayConfig
 from relay.dataread import DataReader, read_data
-from relay.errors import REPLY_LINE_BYTES, RelayError, smtp_reply
+from relay.errors import RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
 from relay.ops import Ops
@@ -34,15 +33,12 @@ from relay.runner import QueueRunner
 from relay.sessions import Commands, SessionTracker, peer_address
 from relay.store import Store, User
 from relay.throttle import FailureCounter, SendCounter
+from relay.wire import fit_reply, has_control, plain_address, reply_text
 
 logger = logging.getLogger(__name__)
 
 LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
-# RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# RFC 5321 §4.2: reply text is HT and printable ASCII.
-_NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +121,7 @@ class RelaySMTP(SMTP):
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         # aiosmtpd echoes client bytes (an unknown verb) into replies: a CR, LF or NUL there
         # would forge or split reply lines in the client, and non-ASCII makes push() raise.
-        line = _NOT_REPLY_TEXT.sub("?", text)
+        line = reply_text(text)
         if line[3:4] == "-":
             # RFC 5321 §4.2.1: "250-" lines continue a reply that its last line ends. Held
             # back until then, the reply to EHLO takes one write (one send) instead of seven.
@@ -166,9 +162,15 @@ class RelaySMTP(SMTP):
             return
         await super().smtp_RCPT(arg)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parser, with the plain <local@domain> form read directly."""
+        # aiosmtpd runs the email header parser, and defines a class, for every MAIL and RCPT.
+        plain = None if self.local_part_limit else plain_address(arg)
+        return plain or super()._getaddr(arg)
+
     async def _refused_control(self, arg: str | None, verb: str) -> bool:
         """Refuse a MAIL or RCPT argument holding a control character; True if refused."""
-        if arg is None or not _CONTROL.search(arg):
+        if arg is None or not has_control(arg):
             return False
         # aiosmtpd's parser would drop a CR from a domain, or keep a NUL in a quoted local
         # part that the provider connection then refuses: neither may get as far as a queue.
@@ -379,19 +381,11 @@ class RelayHandler:
             len(envelope.rcpt_tos),
             reply,
         )
-        return _fit(reply)
+        return fit_reply(reply)
 
 
 # What aiosmtpd looks for on the handler: handle_<VERB> hooks and auth_<MECHANISM> methods.
 HANDLER_NAMES = tuple(name for name in vars(RelayHandler) if name.startswith(("handle_", "auth_")))
-
-
-def _fit(reply: str) -> str:
-    # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
-    encoded = reply.encode("utf-8", "replace")
-    if len(encoded) <= REPLY_LINE_BYTES:
-        return reply
-    return encoded[: REPLY_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
 async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str) -> bytes | None:
