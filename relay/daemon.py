@@ -168,6 +168,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         config = self.services.config
         tls = _listener_tls(listener)
+        loopback = listener.is_loopback  # parses the address: once, not per connection
 
         def protocol() -> RelaySMTP:
             return RelaySMTP(
@@ -181,7 +182,7 @@ class Daemon:
                 auth_required=True,
                 # Plaintext AUTH is safe only where it never leaves the machine; config.py
                 # refuses a non-loopback listener without a certificate.
-                auth_require_tls=not listener.is_loopback,
+                auth_require_tls=not loopback,
                 timeout=IDLE_CLIENT_TIMEOUT,
                 loop=loop,
             )

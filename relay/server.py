@@ -226,7 +226,7 @@ class RelaySMTP(SMTP):
 
 # What aiosmtpd looks for on a session: smtp_<VERB> commands and auth_<MECHANISM> methods.
 DISPATCHED = tuple(name for name in dir(RelaySMTP) if name.startswith(("smtp_", "auth_")))
-VERBS = tuple(name[len("smtp_") :] for name in DISPATCHED if name.startswith("smtp_"))
+VERBS = frozenset(name[len("smtp_") :] for name in DISPATCHED if name.startswith("smtp_"))
 
 
 class RelayHandler:

@@ -23,7 +23,7 @@ class Commands(Mapping[str, Callable[[str], Awaitable[None]]]):
 
     __slots__ = ("_session", "_verbs")
 
-    def __init__(self, session: RelaySMTP, verbs: tuple[str, ...]) -> None:
+    def __init__(self, session: RelaySMTP, verbs: frozenset[str]) -> None:
         self._session = session
         self._verbs = verbs
 
@@ -33,8 +33,14 @@ class Commands(Mapping[str, Callable[[str], Awaitable[None]]]):
         method: Callable[[str], Awaitable[None]] = getattr(self._session, "smtp_" + verb)
         return method
 
+    def get(  # type: ignore[override]  # Mapping.get's overloads, in the one form aiosmtpd uses
+        self, verb: str, default: None = None
+    ) -> Callable[[str], Awaitable[None]] | None:
+        """The method for verb, or None; called for every command line."""
+        return getattr(self._session, "smtp_" + verb) if verb in self._verbs else default
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._verbs)
+        return iter(sorted(self._verbs))
 
     def __len__(self) -> int:
         return len(self._verbs)
