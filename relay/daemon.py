@@ -28,7 +28,8 @@ from relay.metrics import MetricsServer
 from relay.ops import DaemonStatus, Ops, remove_status, write_status
 from relay.pool import UpstreamPool
 from relay.runner import QueueRunner
-from relay.server import RelayHandler, RelaySMTP, Services, SessionTracker
+from relay.server import RelayHandler, RelaySMTP, Services
+from relay.sessions import SessionTracker
 from relay.spool import Spool
 from relay.store import Store, UpstreamAuth
 from relay.tokens import keep_grants_alive
@@ -44,7 +45,7 @@ def open_services(
     config: RelayConfig, environ: Mapping[str, str], ops: Ops | None = None
 ) -> Services:
     """Open the store, master key and spool, and build the queue runner on them."""
-    ops = ops or Ops.from_environ(environ)
+    ops = ops or Ops.from_environ(environ, metrics=config.metrics.enabled)
     check_private(config.state_dir, config.database_path, config.spool_path)
     master_key = load_key(key_path(config.key_file, environ))
     store = Store.open(config.database_path)
@@ -186,6 +187,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         config = self.services.config
         tls = _listener_tls(listener)
+        loopback = listener.is_loopback  # parses the address: once, not per connection
 
         def protocol() -> RelaySMTP:
             return RelaySMTP(
@@ -199,7 +201,7 @@ class Daemon:
                 auth_required=True,
                 # Plaintext AUTH is safe only where it never leaves the machine; config.py
                 # refuses a non-loopback listener without a certificate.
-                auth_require_tls=not listener.is_loopback,
+                auth_require_tls=not loopback,
                 timeout=IDLE_CLIENT_TIMEOUT,
                 loop=loop,
             )
@@ -300,7 +302,10 @@ def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
 
     async def run() -> None:
         daemon = Daemon(
-            open_services(config, environ, Ops.from_environ(environ, redactor)), environ
+            open_services(
+                config, environ, Ops.from_environ(environ, redactor, metrics=config.metrics.enabled)
+            ),
+            environ,
         )
         daemon.on_reload = relog
         await serve_until_signalled(daemon)

@@ -6,9 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +21,83 @@ REPLY_CLASSES = ("2xx", "4xx", "5xx", "error")
 
 
 class Metrics:
-    """relay's counters, gauges and histograms, in a registry of their own."""
+    """relay's counters; with enabled=False they count nothing (metrics off in the config)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        # prometheus-client costs megabytes of RSS: a daemon with metrics off never imports it.
+        self.instruments = Instruments() if enabled else None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry that /metrics exposes; RuntimeError when metrics are off."""
+        if self.instruments is None:
+            raise RuntimeError("metrics are disabled")
+        return self.instruments.registry
+
+    def session_opened(self) -> None:
+        """An app connected."""
+        if self.instruments is not None:
+            self.instruments.sessions.inc()
+
+    def auth_failed(self) -> None:
+        """An app's AUTH was refused (unknown login, bad secret, disabled user)."""
+        if self.instruments is not None:
+            self.instruments.auth_failures.inc()
+
+    def mail_accepted(self, user: str, provider: str) -> None:
+        """A mail was spooled for delivery."""
+        if self.instruments is not None:
+            self.instruments.mails_accepted.labels(user=user, provider=provider).inc()
+
+    def mail_delivered(self, user: str, provider: str) -> None:
+        """The provider accepted a mail."""
+        if self.instruments is not None:
+            self.instruments.mails_delivered.labels(user=user, provider=provider).inc()
+
+    def mail_deferred(self, user: str, provider: str) -> None:
+        """An attempt failed temporarily and the mail stays queued."""
+        if self.instruments is not None:
+            self.instruments.mails_deferred.labels(user=user, provider=provider).inc()
+
+    def mail_bounced(self, user: str, provider: str) -> None:
+        """A mail was refused for good or expired."""
+        if self.instruments is not None:
+            self.instruments.mails_bounced.labels(user=user, provider=provider).inc()
+
+    def upstream_reply(self, provider: str, code: int | None) -> None:
+        """A provider's final reply code to a mail, or None when it never replied."""
+        if self.instruments is not None:
+            labels = {"provider": provider, "class": reply_class(code)}
+            self.instruments.upstream_replies.labels(**labels).inc()
+
+    def delivery_attempted(self, provider: str, seconds: float) -> None:
+        """One delivery attempt took this long, whatever its outcome."""
+        if self.instruments is not None:
+            self.instruments.delivery_seconds.labels(provider=provider).observe(seconds)
+
+    def sent_copy_failed(self, provider: str) -> None:
+        """An APPEND to the Sent folder failed."""
+        if self.instruments is not None:
+            self.instruments.sent_copy_failures.labels(provider=provider).inc()
+
+    def oauth_refresh_failed(self, provider: str) -> None:
+        """Renewing an OAuth2 access token failed."""
+        if self.instruments is not None:
+            self.instruments.oauth_refresh_failures.labels(provider=provider).inc()
+
+    def watch_queue(self, size: Callable[[], float], oldest_age: Callable[[], float]) -> None:
+        """Read the queue gauges from these callbacks at each scrape (in the event loop)."""
+        if self.instruments is not None:
+            self.instruments.queue_size.set_function(size)
+            self.instruments.queue_oldest_age.set_function(oldest_age)
+
+
+class Instruments:
+    """The Prometheus counters, gauges and histograms, in a registry of their own."""
 
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
         self.registry = CollectorRegistry()
         mail = ("user", "provider")
         self.sessions = self._counter("sessions", "SMTP sessions opened by local apps")
@@ -60,55 +135,14 @@ class Metrics:
         )
 
     def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        from prometheus_client import Counter
+
         return Counter(name, doc, labels, namespace=NAMESPACE, registry=self.registry)
 
     def _gauge(self, name: str, doc: str) -> Gauge:
+        from prometheus_client import Gauge
+
         return Gauge(name, doc, namespace=NAMESPACE, registry=self.registry)
-
-    def session_opened(self) -> None:
-        """An app connected."""
-        self.sessions.inc()
-
-    def auth_failed(self) -> None:
-        """An app's AUTH was refused (unknown login, bad secret, disabled user)."""
-        self.auth_failures.inc()
-
-    def mail_accepted(self, user: str, provider: str) -> None:
-        """A mail was spooled for delivery."""
-        self.mails_accepted.labels(user=user, provider=provider).inc()
-
-    def mail_delivered(self, user: str, provider: str) -> None:
-        """The provider accepted a mail."""
-        self.mails_delivered.labels(user=user, provider=provider).inc()
-
-    def mail_deferred(self, user: str, provider: str) -> None:
-        """An attempt failed temporarily and the mail stays queued."""
-        self.mails_deferred.labels(user=user, provider=provider).inc()
-
-    def mail_bounced(self, user: str, provider: str) -> None:
-        """A mail was refused for good or expired."""
-        self.mails_bounced.labels(user=user, provider=provider).inc()
-
-    def upstream_reply(self, provider: str, code: int | None) -> None:
-        """A provider's final reply code to a mail, or None when it never replied."""
-        self.upstream_replies.labels(provider=provider, **{"class": reply_class(code)}).inc()
-
-    def delivery_attempted(self, provider: str, seconds: float) -> None:
-        """One delivery attempt took this long, whatever its outcome."""
-        self.delivery_seconds.labels(provider=provider).observe(seconds)
-
-    def sent_copy_failed(self, provider: str) -> None:
-        """An APPEND to the Sent folder failed."""
-        self.sent_copy_failures.labels(provider=provider).inc()
-
-    def oauth_refresh_failed(self, provider: str) -> None:
-        """Renewing an OAuth2 access token failed."""
-        self.oauth_refresh_failures.labels(provider=provider).inc()
-
-    def watch_queue(self, size: Callable[[], float], oldest_age: Callable[[], float]) -> None:
-        """Read the queue gauges from these callbacks at each scrape (in the event loop)."""
-        self.queue_size.set_function(size)
-        self.queue_oldest_age.set_function(oldest_age)
 
 
 def reply_class(code: int | None) -> str:
@@ -179,6 +213,8 @@ class MetricsServer:
             return _response("404 Not Found", "text/plain", b"only /metrics lives here\n")
         if method not in ("GET", "HEAD"):
             return _response("405 Method Not Allowed", "text/plain", b"GET only\n", "GET, HEAD")
+        from prometheus_client.exposition import choose_encoder
+
         encoder, content_type = choose_encoder(_header(head, "accept"))
         try:
             body = encoder(self.metrics.registry)

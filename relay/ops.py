@@ -27,10 +27,14 @@ class Ops:
 
     @classmethod
     def from_environ(
-        cls, environ: Mapping[str, str], redactor: RedactingFilter | None = None
+        cls,
+        environ: Mapping[str, str],
+        redactor: RedactingFilter | None = None,
+        *,
+        metrics: bool = True,
     ) -> Ops:
         """Ops for this process: systemd if NOTIFY_SOCKET is set, a fresh metrics registry."""
-        return cls(SystemdNotifier(environ), Metrics(), redactor)
+        return cls(SystemdNotifier(environ), Metrics(enabled=metrics), redactor)
 
     def opened_secret(self, secret: Secret) -> None:
         """Make sure a secret just opened can never reach a log line."""

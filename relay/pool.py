@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 
 from relay.delivery import (
     SendOutcome,
@@ -21,12 +22,16 @@ from relay.delivery import (
     upstream_error,
 )
 from relay.errors import UpstreamError
+from relay.message import wire_pieces
 from relay.providers import Endpoint, TlsMode
 from relay.sasl import smtp_login
 
 logger = logging.getLogger(__name__)
 
 SERVICE_CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
+START_INPUT = 354
+COMPLETED = 250
+WRITE_CHUNK = 256 * 1024
 FRESH_SESSION = 2.0  # seconds since its last mail within which a session is reused unprobed
 
 
@@ -223,11 +228,48 @@ async def _recipients_and_data(
         await client.rset()
         return SendOutcome(reply="no recipient accepted", deferred=deferred, failed=failed)
     try:
-        response = await client.data(data)
+        response = await send_data(client, data)
     except aiosmtplib.SMTPDataError as error:
         raise reply_error(error.code, error.message, where) from None
     reply = f"{response.code} {one_line(response.message)}"
     return SendOutcome(reply, dict.fromkeys(accepted, reply), deferred, failed)
+
+
+async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA through aiosmtplib's lower-level calls: its data() copies the message three times."""
+    start = await client.execute_command(b"DATA")
+    if start.code != START_INPUT:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        await _write_data(protocol, data, client.timeout)
+        response = await protocol.read_response(timeout=client.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError):
+        client.close()  # as data() does: a half-sent message leaves the session unusable
+        raise
+    if response.code != COMPLETED:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response
+
+
+async def _write_data(protocol: SMTPProtocol, data: bytes, timeout: float | None) -> None:
+    """Write the message in pieces, each once the connection has taken the one before."""
+    pieces = wire_pieces(data)
+    if len(data) < WRITE_CHUNK:
+        pieces = [b"".join(pieces)]  # a small mail costs one TLS record and one send, not three
+    for piece in pieces:
+        for start in range(0, len(piece), WRITE_CHUNK):
+            protocol.write(piece[start : start + WRITE_CHUNK])
+            # Written at once, a 10 MB mail is held three more times by asyncio's TLS layer and
+            # socket buffer. aiosmtplib has no public drain(); _drain_helper is its flow-control
+            # hook (the asyncio StreamWriter.drain() pattern it copies).
+            try:
+                async with asyncio.timeout(timeout):
+                    await protocol._drain_helper()
+            except TimeoutError:
+                raise aiosmtplib.SMTPTimeoutError("Timed out sending the message") from None
 
 
 async def _reset(session: Session) -> bool:

@@ -112,33 +112,29 @@ class QueueRunner:
     async def accept(self, user: User, prepared: PreparedMessage, recipients: list[str]) -> str:
         """Spool a message durably, try it once within the deadline, and return the app's reply."""
         queue = self.config.queue
-        size = len(prepared.upstream_header) + len(prepared.body) + len(prepared.sent_header)
+        size = prepared.size
         if shutil.disk_usage(self.spool.path.parent).free - size < queue.min_free_bytes:
             logger.error("queue.disk_low user=%s size=%d", user.login, size)
             return "452 4.3.1 insufficient system storage, try again later"
         queue_id = secrets.token_hex(8)
         now = time.time()
         self._inflight.add(queue_id)
+        message = NewMessage(
+            id=queue_id,
+            login=user.login,
+            sender=prepared.sender,
+            message_id=prepared.message_id,
+            recipients=tuple(recipients),
+            upstream_data=prepared.upstream,
+            body_offset=prepared.body_offset,
+            sent_header=prepared.sent_header,
+            received_at=now,
+            fingerprint=fingerprint(user.login, prepared.message_id, prepared.sender, recipients)
+            if prepared.app_message_id
+            else None,
+        )
         try:
-            stored = await self.spool.enqueue(
-                NewMessage(
-                    id=queue_id,
-                    login=user.login,
-                    sender=prepared.sender,
-                    message_id=prepared.message_id,
-                    recipients=tuple(recipients),
-                    upstream_data=prepared.upstream,
-                    body_offset=len(prepared.upstream_header),
-                    sent_header=prepared.sent_header,
-                    received_at=now,
-                    fingerprint=fingerprint(
-                        user.login, prepared.message_id, prepared.sender, recipients
-                    )
-                    if prepared.app_message_id
-                    else None,
-                ),
-                queue.duplicate_window,
-            )
+            stored = await self.spool.enqueue(message, queue.duplicate_window)
         except BaseException:
             self._inflight.discard(queue_id)
             raise
@@ -161,7 +157,8 @@ class QueueRunner:
             size,
         )
         handoff = Handoff()
-        task = self._spawn(self._settle(queue_id, handoff))
+        # The first attempt uses what is in memory: reading it back would copy the data again.
+        task = self._spawn(self._settle(queue_id, handoff, message))
         done, _ = await asyncio.wait({task}, timeout=queue.first_attempt_timeout)
         if not done and not handoff.decided:
             handoff.client_waiting = False
@@ -267,14 +264,16 @@ class QueueRunner:
 
     # -- one attempt and what follows from it --------------------------------------------------
 
-    async def _settle(self, queue_id: str, handoff: Handoff | None) -> Settled:
-        """Attempt delivery of one spooled message and act on the verdict."""
+    async def _settle(
+        self, queue_id: str, handoff: Handoff | None, fresh: NewMessage | None = None
+    ) -> Settled:
+        """Attempt delivery of a spooled message (fresh: just committed) and act on the verdict."""
         queued = Settled(f"250 2.0.0 queued as {queue_id}", provider_down=False, next_attempt=0.0)
         try:
-            entry = await self.spool.entry(queue_id)
+            entry = fresh.entry() if fresh is not None else await self.spool.entry(queue_id)
             if entry is None:
                 return queued
-            verdict = await self._attempt(entry)
+            verdict = await self._attempt(entry, fresh.upstream_data if fresh else None)
             now = time.time()
             delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
             outcome = verdict.outcome
@@ -331,13 +330,14 @@ class QueueRunner:
         tail = f"; refused by provider: {refused}" if refused else ""
         return f"250 2.0.0 {entry.message_id} sent, provider said: {outcome.reply}{tail}"
 
-    async def _attempt(self, entry: QueueEntry) -> Verdict:
+    async def _attempt(self, entry: QueueEntry, data: bytes | None) -> Verdict:
         pending = entry.pending
         remote = "unknown"
         try:
             user, provider = self._user_and_provider(entry.login)
             remote = provider.smtp.host
-            data = await self.spool.read_data(entry.id)
+            if data is None:
+                data = await self.spool.read_data(entry.id)
             if data is None:
                 raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
             opened = await self.credentials.open(user, provider)

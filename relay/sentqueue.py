@@ -46,8 +46,8 @@ class SentJob:
 def insert_from_message(db: sqlite3.Connection, seq: int, spec: SentJobSpec, now: float) -> None:
     """Create a job from a spooled message: its Sent header (with Bcc) and its body."""
     row = db.execute(
-        "SELECT login, message_id, sent_header, upstream_data, body_offset FROM messages "
-        "WHERE seq = ?",
+        "SELECT login, message_id, sent_header, data, body_offset FROM messages "
+        "JOIN bodies ON message_seq = seq WHERE seq = ?",
         (seq,),
     ).fetchone()
     login, message_id, sent_header, upstream, offset = row

@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-import re
 import secrets
 import time
 from base64 import b64decode
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.config import LimitsConfig, RelayConfig
-from relay.errors import REPLY_LINE_BYTES, PolicyRejection, RelayError, smtp_reply
+from relay.dataread import DataReader, read_data
+from relay.errors import RelayError, smtp_reply
 from relay.localauth import LocalVerifier
 from relay.message import prepare
 from relay.ops import Ops
 from relay.policy import (
     auth_delay,
-    connection_refusal,
     effective_recipient_limit,
     login_refusal,
     rate_refusal,
@@ -30,17 +30,15 @@ from relay.policy import (
     sender_refusal,
 )
 from relay.runner import QueueRunner
+from relay.sessions import Commands, SessionTracker, peer_address
 from relay.store import Store, User
 from relay.throttle import FailureCounter, SendCounter
+from relay.wire import fit_reply, has_control, plain_address, reply_text
 
 logger = logging.getLogger(__name__)
 
 LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
-# RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# RFC 5321 §4.2: reply text is HT and printable ASCII.
-_NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +60,23 @@ class RelaySMTP(SMTP):
         # which each EHLO grows by SIZE's and BODY's allowance. Each session gets its own.
         self.command_size_limits: defaultdict[str, int] = defaultdict(lambda: COMMAND_SIZE_LIMIT)
         super().__init__(handler, **kwargs)
+        # aiosmtpd builds two dicts of bound methods for every session, 2.5 KiB of each idle
+        # connection: a table that binds on lookup, and the handler's own hooks, serve them all.
+        self._smtp_methods = Commands(self, VERBS)  # type: ignore[assignment]  # a Mapping will do
+        self._handle_hooks = handler.hooks
         self.session_id = secrets.token_hex(4)
         self.tracker = tracker
         self.opened = time.monotonic()
         self.refused = False
+        self.held_lines = ""  # the lines of a multiline reply so far
         # The config a session started with stays its config, even across a reload (SIGHUP).
         self.services: Services = handler.services
+
+    def __dir__(self) -> list[str]:
+        """Only the names aiosmtpd dispatches on (smtp_*, auth_*)."""
+        # aiosmtpd's __init__ lists dir(self) and getattr()s every name, at every connection,
+        # to find these: two thirds of a session's setup time.
+        return list(DISPATCHED)
 
     def connection_made(self, transport: Any) -> None:
         first = self.transport is None
@@ -76,7 +85,7 @@ class RelaySMTP(SMTP):
             if refusal is not None:
                 self.refused = True
                 logger.warning(
-                    "session.refused peer=%s reply=%r", _address(transport), refusal.reply
+                    "session.refused peer=%s reply=%r", peer_address(transport), refusal.reply
                 )
                 transport.write(refusal.reply.encode() + b"\r\n")
                 transport.close()
@@ -112,7 +121,14 @@ class RelaySMTP(SMTP):
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         # aiosmtpd echoes client bytes (an unknown verb) into replies: a CR, LF or NUL there
         # would forge or split reply lines in the client, and non-ASCII makes push() raise.
-        await super().push(_NOT_REPLY_TEXT.sub("?", text))
+        line = reply_text(text)
+        if line[3:4] == "-":
+            # RFC 5321 §4.2.1: "250-" lines continue a reply that its last line ends. Held
+            # back until then, the reply to EHLO takes one write (one send) instead of seven.
+            self.held_lines += line + "\r\n"
+            return
+        held, self.held_lines = self.held_lines, ""
+        await super().push(held + line)
 
     async def challenge_auth(self, *args: Any, **kwargs: Any) -> Any:
         """aiosmtpd's 334 challenge, with an over-long answer refused rather than crashing."""
@@ -146,9 +162,15 @@ class RelaySMTP(SMTP):
             return
         await super().smtp_RCPT(arg)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parser, with the plain <local@domain> form read directly."""
+        # aiosmtpd runs the email header parser, and defines a class, for every MAIL and RCPT.
+        plain = None if self.local_part_limit else plain_address(arg)
+        return plain or super()._getaddr(arg)
+
     async def _refused_control(self, arg: str | None, verb: str) -> bool:
         """Refuse a MAIL or RCPT argument holding a control character; True if refused."""
-        if arg is None or not _CONTROL.search(arg):
+        if arg is None or not has_control(arg):
             return False
         # aiosmtpd's parser would drop a CR from a domain, or keep a NUL in a quoted local
         # part that the provider connection then refuses: neither may get as far as a queue.
@@ -157,9 +179,38 @@ class RelaySMTP(SMTP):
         return True
 
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
-        await super().smtp_DATA(arg)
+        await self._data(arg)
         if self.tracker.draining:
             self.close_idle()
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in pieces (relay.dataread) rather than by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if self.envelope is None or not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self.data_size_limit, self.tracker.data_budget)
+        try:
+            try:
+                await read_data(self._reader, reader)
+            except asyncio.CancelledError:
+                self._writer.close()  # the connection was lost during DATA
+                raise
+            if reader.problem is not None:
+                self.envelope = self._create_envelope()
+                await self.push(reader.problem.value)
+                return
+            self.envelope.content = self.envelope.original_content = reader.content()
+            status = await self._call_handler_hook("DATA")
+        finally:
+            reader.release()
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
 
     def close_idle(self) -> None:
         """Say goodbye to a client that is between transactions (used when draining)."""
@@ -173,41 +224,9 @@ class RelaySMTP(SMTP):
             self.transport.close()
 
 
-class SessionTracker:
-    """The open client sessions, so a drain can wait for them and floods can be refused."""
-
-    def __init__(self, limits: LimitsConfig) -> None:
-        self.limits = limits
-        self.sessions: set[RelaySMTP] = set()
-        self.per_address: Counter[str] = Counter()
-        self.draining = False
-        self.all_closed = asyncio.Event()
-        self.all_closed.set()
-
-    def refusal_for(self, transport: Any) -> PolicyRejection | None:
-        """Why a new connection must be turned away, if it must."""
-        return connection_refusal(
-            len(self.sessions),
-            self.per_address[_address(transport)],
-            self.limits.max_connections,
-            self.limits.max_connections_per_ip,
-        )
-
-    def add(self, session: RelaySMTP) -> None:
-        """Remember an open session."""
-        self.sessions.add(session)
-        self.per_address[session.peer_address] += 1
-        self.all_closed.clear()
-
-    def discard(self, session: RelaySMTP) -> None:
-        """Forget a closed session."""
-        if session in self.sessions:
-            self.sessions.discard(session)
-            self.per_address[session.peer_address] -= 1
-            if self.per_address[session.peer_address] <= 0:
-                del self.per_address[session.peer_address]
-        if not self.sessions:
-            self.all_closed.set()
+# What aiosmtpd looks for on a session: smtp_<VERB> commands and auth_<MECHANISM> methods.
+DISPATCHED = tuple(name for name in dir(RelaySMTP) if name.startswith(("smtp_", "auth_")))
+VERBS = frozenset(name[len("smtp_") :] for name in DISPATCHED if name.startswith("smtp_"))
 
 
 class RelayHandler:
@@ -217,6 +236,17 @@ class RelayHandler:
         self.services = services
         self.failures = FailureCounter()
         self.sends = SendCounter()
+        # aiosmtpd's hook table (handle_<VERB> by verb), built once for every session to share.
+        self.hooks: dict[str, Callable[..., Any]] = {
+            name[len("handle_") :]: getattr(self, name)
+            for name in dir(self)
+            if name.startswith("handle_")
+        }
+
+    def __dir__(self) -> list[str]:
+        """Only the names aiosmtpd looks up on a handler (handle_*, auth_*)."""
+        # As RelaySMTP.__dir__: aiosmtpd scans the handler the same way for every session.
+        return list(HANDLER_NAMES)
 
     async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """RFC 4616 PLAIN, with an initial response or after a 334 challenge."""
@@ -335,6 +365,8 @@ class RelayHandler:
         if envelope.original_content is None or envelope.mail_from is None:
             return "503 5.5.1 no mail transaction in progress"
         prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
+        # The prepared copy is all that is needed from here: free the DATA buffer now.
+        envelope.content = envelope.original_content = None
         try:
             reply = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
         except RelayError as error:
@@ -349,15 +381,11 @@ class RelayHandler:
             len(envelope.rcpt_tos),
             reply,
         )
-        return _fit(reply)
+        return fit_reply(reply)
 
 
-def _fit(reply: str) -> str:
-    # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
-    encoded = reply.encode("utf-8", "replace")
-    if len(encoded) <= REPLY_LINE_BYTES:
-        return reply
-    return encoded[: REPLY_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
+# What aiosmtpd looks for on the handler: handle_<VERB> hooks and auth_<MECHANISM> methods.
+HANDLER_NAMES = tuple(name for name in vars(RelayHandler) if name.startswith(("handle_", "auth_")))
 
 
 async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str) -> bytes | None:
@@ -377,11 +405,6 @@ def _user_of(session: Session) -> User:
         # aiosmtpd answers 530 to MAIL, RCPT and DATA before AUTH; reaching here is a bug.
         raise RelayError("session has no authenticated user")
     return user
-
-
-def _address(transport: Any) -> str:
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) else "unknown"
 
 
 def _peer(session: Session | None) -> str:

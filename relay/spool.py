@@ -3,25 +3,25 @@
 SQLite in WAL mode with synchronous=FULL: a commit returns only after the write-ahead log is
 fsynced, so a crash at any instant keeps every message whose commit returned. One file holds
 envelope, state and data together, so there is no window where a message file exists without
-its envelope (or the reverse), and concurrent enqueues share one fsync (group commit).
+its envelope (or the reverse), and concurrent enqueues share one fsync (group commit). The data
+has a table of its own: updating a message's state then never rewrites its body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from relay.errors import StoreError
-from relay.sentqueue import SCHEMA as SENT_JOBS_SCHEMA
 from relay.sentqueue import (
     SentJob,
     SentJobSpec,
@@ -32,51 +32,12 @@ from relay.sentqueue import (
     select_due_jobs,
     select_job,
 )
+from relay.spooldb import BLOB_CHUNK
+from relay.spooldb import SCHEMA_VERSION as SCHEMA_VERSION
+from relay.spooldb import open_database as open_database
 
 R = TypeVar("R")
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    id             TEXT NOT NULL UNIQUE,
-    login          TEXT NOT NULL,
-    sender         TEXT NOT NULL,
-    message_id     TEXT NOT NULL,
-    received_at    REAL NOT NULL,
-    next_attempt   REAL NOT NULL,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    last_reply     TEXT NOT NULL DEFAULT '',
-    is_bounce      INTEGER NOT NULL DEFAULT 0,
-    warned         INTEGER NOT NULL DEFAULT 0,
-    upstream_data  BLOB NOT NULL,
-    body_offset    INTEGER NOT NULL,
-    sent_header    BLOB NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt);
-CREATE TABLE IF NOT EXISTS recipients (
-    message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
-    address      TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    reply        TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (message_seq, address)
-) STRICT;
-CREATE TABLE IF NOT EXISTS attempts (
-    message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
-    at           REAL NOT NULL,
-    reply        TEXT NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS user_status (
-    login              TEXT PRIMARY KEY,
-    last_delivered_at  REAL,
-    last_error         TEXT,
-    last_error_at      REAL
-) STRICT;
-CREATE TABLE IF NOT EXISTS accepted (
-    fingerprint  TEXT PRIMARY KEY,
-    id           TEXT NOT NULL,
-    at           REAL NOT NULL
-) STRICT;
-"""
+Write = Callable[[sqlite3.Connection], R]  # one write of a group transaction
 
 
 class RecipientState(Enum):
@@ -102,6 +63,22 @@ class NewMessage:
     received_at: float
     is_bounce: bool = False
     fingerprint: str | None = None  # set when duplicate submissions should be recognised
+
+    def entry(self) -> QueueEntry:
+        """The queue entry this message has once committed, before any attempt."""
+        return QueueEntry(
+            id=self.id,
+            login=self.login,
+            sender=self.sender,
+            message_id=self.message_id,
+            received_at=self.received_at,
+            next_attempt=self.received_at,
+            attempts=0,
+            last_reply="",
+            is_bounce=self.is_bounce,
+            warned=False,
+            recipients=dict.fromkeys(self.recipients, (RecipientState.PENDING, "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +144,7 @@ class Spool:
         self.path = path
         self._executor = executor
         self._db = db
-        self._pending: list[tuple[NewMessage, float, asyncio.Future[str | None]]] = []
+        self._pending: list[tuple[Write[object], asyncio.Future[object]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
     @classmethod
@@ -188,24 +165,29 @@ class Spool:
 
     async def enqueue(self, message: NewMessage, window: float) -> str | None:
         """Commit a message durably; return None if it duplicates one accepted within window."""
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((message, window, future))
+        return await self._commit(partial(_insert_one, message=message, window=window))
+
+    async def _commit(self, write: Write[R]) -> R:
+        """Run write in the next group transaction; return its result once that is fsynced."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
-        return await future
+        return cast(R, await future)
 
     async def _flush(self) -> None:
-        # Group commit: everything that arrived while the previous fsync ran shares the next one.
+        # Group commit: every write (a new message, an attempt's outcome) that arrived while the
+        # previous fsync ran shares the next one, and one trip to the spool's thread.
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                results = await self._run(insert_batch, self._db, [(m, w) for m, w, _ in batch])
+                results = await self._run(run_batch, self._db, [write for write, _ in batch])
             except Exception as error:  # noqa: BLE001  every waiter must hear of a failed commit
-                for _, _, future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(StoreError(f"spool write failed: {error}"))
                 continue
-            for (_, _, future), result in zip(batch, results, strict=True):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
 
@@ -219,7 +201,8 @@ class Spool:
 
     async def record(self, message_id: str, attempt: AttemptRecord) -> QueueEntry | None:
         """Write an attempt's outcome; return the entry as it now stands (None once gone)."""
-        return await self._run(record_attempt, self._db, message_id, attempt, time.time())
+        now = time.time()
+        return await self._commit(partial(_record, message_id=message_id, attempt=attempt, now=now))
 
     async def remove(self, message_id: str) -> None:
         """Delete a message and everything about it."""
@@ -283,35 +266,21 @@ class Spool:
         await self._run(delete_accepted_before, self._db, cutoff)
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """Open the spool database with full durability, creating it 0600."""
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    try:
-        db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.executescript(SCHEMA)
-        db.executescript(SENT_JOBS_SCHEMA)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except sqlite3.Error as error:
-        raise StoreError(f"cannot open spool {path}: {error}") from None
-    return db
-
-
-def insert_batch(db: sqlite3.Connection, batch: list[tuple[NewMessage, float]]) -> list[str | None]:
-    """Insert messages in one transaction; a duplicate within its window yields None."""
-    results: list[str | None] = []
+def run_batch(db: sqlite3.Connection, writes: list[Write[R]]) -> list[R]:
+    """Run writes in one transaction, all or none; their results in order."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        for message, window in batch:
-            results.append(_insert_one(db, message, window))
+        results = [write(db) for write in writes]
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
     return results
+
+
+def insert_batch(db: sqlite3.Connection, batch: list[tuple[NewMessage, float]]) -> list[str | None]:
+    """Insert messages in one transaction; a duplicate within its window yields None."""
+    return run_batch(db, [partial(_insert_one, message=m, window=w) for m, w in batch])
 
 
 def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
@@ -331,7 +300,7 @@ def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> s
         )
     cursor = db.execute(
         "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
-        "is_bounce, upstream_data, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        "is_bounce, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?)",
         (
             message.id,
             message.login,
@@ -340,16 +309,29 @@ def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> s
             message.received_at,
             message.received_at,
             int(message.is_bounce),
-            message.upstream_data,
             message.body_offset,
             message.sent_header,
         ),
     )
+    seq = cursor.lastrowid
     db.executemany(
         "INSERT OR IGNORE INTO recipients (message_seq, address, state) VALUES (?, ?, ?)",
-        [(cursor.lastrowid, r, RecipientState.PENDING.value) for r in message.recipients],
+        [(seq, r, RecipientState.PENDING.value) for r in message.recipients],
     )
+    _insert_body(db, seq, message.upstream_data)
     return message.id
+
+
+def _insert_body(db: sqlite3.Connection, seq: int | None, data: bytes) -> None:
+    if len(data) <= BLOB_CHUNK or seq is None:
+        db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, ?)", (seq, data))
+        return
+    # Bound as one value, SQLite would copy all of it first, and again to build the record.
+    db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, zeroblob(?))", (seq, len(data)))
+    view = memoryview(data)
+    with db.blobopen("bodies", "data", seq) as blob:
+        for start in range(0, len(data), BLOB_CHUNK):
+            blob.write(view[start : start + BLOB_CHUNK])
 
 
 def _note_user_status(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
@@ -383,7 +365,10 @@ def select_user_status(db: sqlite3.Connection) -> dict[str, UserStatus]:
 
 def select_data(db: sqlite3.Connection, message_id: str) -> bytes | None:
     """The stored upstream bytes."""
-    row = db.execute("SELECT upstream_data FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = db.execute(
+        "SELECT data FROM bodies WHERE message_seq = (SELECT seq FROM messages WHERE id = ?)",
+        (message_id,),
+    ).fetchone()
     return None if row is None else bytes(row[0])
 
 
@@ -397,51 +382,52 @@ def record_attempt(
     db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
 ) -> QueueEntry | None:
     """Apply an attempt's per-recipient outcome and schedule the next one, in one transaction."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        row = db.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
-        if row is None:
-            db.execute("COMMIT")
-            return None
-        seq = row[0]
-        first_delivery = (
-            attempt.delivered
-            and not db.execute(
-                "SELECT 1 FROM recipients WHERE message_seq = ? AND state = ?",
-                (seq, RecipientState.DELIVERED.value),
-            ).fetchone()
+    [entry] = run_batch(db, [partial(_record, message_id=message_id, attempt=attempt, now=now)])
+    return entry
+
+
+def _record(
+    db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
+) -> QueueEntry | None:
+    """record_attempt's work, inside a transaction the caller holds."""
+    row = db.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    seq = row[0]
+    first_delivery = (
+        attempt.delivered
+        and not db.execute(
+            "SELECT 1 FROM recipients WHERE message_seq = ? AND state = ?",
+            (seq, RecipientState.DELIVERED.value),
+        ).fetchone()
+    )
+    if first_delivery and attempt.sent_job is not None:
+        # In the same transaction as the delivery, so a crash cannot lose the Sent copy.
+        insert_from_message(db, seq, attempt.sent_job, now)
+    for state, replies in (
+        (RecipientState.DELIVERED, attempt.delivered),
+        (RecipientState.FAILED, attempt.failed),
+        (RecipientState.PENDING, attempt.deferred),
+    ):
+        db.executemany(
+            "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
+            [(state.value, reply, seq, address) for address, reply in replies.items()],
         )
-        if first_delivery and attempt.sent_job is not None:
-            # In the same transaction as the delivery, so a crash cannot lose the Sent copy.
-            insert_from_message(db, seq, attempt.sent_job, now)
-        for state, replies in (
-            (RecipientState.DELIVERED, attempt.delivered),
-            (RecipientState.FAILED, attempt.failed),
-            (RecipientState.PENDING, attempt.deferred),
-        ):
-            db.executemany(
-                "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
-                [(state.value, reply, seq, address) for address, reply in replies.items()],
-            )
-        db.execute(
-            "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ? "
-            "WHERE seq = ?",
-            (attempt.reply, attempt.next_attempt, seq),
-        )
-        db.execute(
-            "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
-            (seq, now, attempt.reply),
-        )
-        _note_user_status(db, seq, attempt, now)
-        [entry] = select_entries(db, None, message_id)
-        if all(state is RecipientState.DELIVERED for state, _ in entry.recipients.values()):
-            # Done: deleting in the same transaction saves a second fsync per mail.
-            db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-            entry = replace(entry, removed=True)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    db.execute(
+        "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ? "
+        "WHERE seq = ?",
+        (attempt.reply, attempt.next_attempt, seq),
+    )
+    db.execute(
+        "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
+        (seq, now, attempt.reply),
+    )
+    _note_user_status(db, seq, attempt, now)
+    [entry] = select_entries(db, None, message_id)
+    if all(state is RecipientState.DELIVERED for state, _ in entry.recipients.values()):
+        # Done: deleting in the same transaction saves a second fsync per mail.
+        db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+        entry = replace(entry, removed=True)
     return entry
 
 

@@ -142,6 +142,11 @@ class Store:
         self._db = connection
         self.path = path
         self.grants = Grants(connection)
+        # find_user runs on the event loop at every AUTH and several times per mail; the
+        # answers stay valid until a write, here (total_changes) or by another process
+        # (PRAGMA data_version), so they are kept until then.
+        self._users: dict[str, User] = {}
+        self._users_as_of: tuple[int, int] = (-1, -1)
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -214,8 +219,17 @@ class Store:
 
     def find_user(self, login: str) -> User | None:
         """The user with this login, or None."""
-        row = self._db.execute(f"SELECT {COLUMNS} FROM users WHERE login = ?", (login,)).fetchone()
-        return None if row is None else _user(row)
+        as_of = (self._db.execute("PRAGMA data_version").fetchone()[0], self._db.total_changes)
+        if as_of != self._users_as_of:
+            self._users.clear()
+            self._users_as_of = as_of
+        user = self._users.get(login)
+        if user is None:
+            row = self._db.execute(
+                f"SELECT {COLUMNS} FROM users WHERE login = ?", (login,)
+            ).fetchone()
+            user = None if row is None else self._users.setdefault(login, _user(row))
+        return user
 
     def get_user(self, login: str) -> User:
         """The user with this login; UnknownUser if there is none."""

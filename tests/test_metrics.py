@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -203,3 +205,26 @@ def test_each_metrics_owns_its_registry_and_the_global_one_stays_empty() -> None
 )
 def test_reply_codes_map_to_classes(code: int | None, label: str) -> None:
     assert reply_class(code) == label
+
+
+def test_disabled_metrics_count_nothing_and_never_load_prometheus_client() -> None:
+    # In a fresh interpreter: this test process has imported prometheus_client already.
+    script = (
+        "import sys\n"
+        "import relay.cli\n"
+        "from relay.ops import Ops\n"
+        "ops = Ops.from_environ({}, metrics=False)\n"
+        "ops.metrics.session_opened()\n"
+        "ops.metrics.mail_accepted('alice', 'gmail')\n"
+        "ops.metrics.watch_queue(lambda: 0.0, lambda: 0.0)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_disabled_metrics_have_no_registry_to_serve() -> None:
+    with pytest.raises(RuntimeError, match="disabled"):
+        _ = Metrics(enabled=False).registry

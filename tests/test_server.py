@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -277,3 +279,59 @@ async def test_wrong_upstream_password_gives_5xx_with_the_providers_reply(tmp_pa
             reply = await send_through(daemon, secret)
         assert reply[0] == "5"
         assert "535" in reply and "login as alice@example.org" in reply
+
+
+async def test_the_multiline_reply_to_ehlo_is_written_whole_in_one_write(scene: Scene) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", scene.port)
+    try:
+        assert (await reader.readline()).startswith(b"220 ")
+        [session] = scene.daemon.tracker.sessions
+        transport = session.transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        writes: list[bytes] = []
+        write = transport.write
+
+        def recording_write(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        setattr(transport, "write", recording_write)  # noqa: B010  (a method, for this test only)
+        writer.write(b"EHLO app.example\r\n")
+        lines = [await reader.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(await reader.readline())
+        assert len(lines) > 4 and lines[-1].startswith(b"250 ")
+        assert writes == [b"".join(lines)]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        # aiosmtpd lists the commands whose methods carry its @syntax: relay's overrides do not.
+        (b"HELP", b"250 Supported commands: AUTH HELO HELP NOOP QUIT RSET VRFY\r\n"),
+        (b"HELP NOOP", b"250 Syntax: NOOP [ignored]\r\n"),
+        (b"NOOP", b"250 OK"),
+        (b"RSET", b"250 OK"),
+        (b"VRFY bob@example.net", b"252 Cannot VRFY user"),
+        (b"EXPN list", b"502 EXPN not implemented"),
+        (b"FROB", b'500 Error: command "FROB" not recognized'),
+    ],
+)
+async def test_every_smtp_command_is_answered_as_aiosmtpd_answers_it(
+    scene: Scene, command: bytes, reply: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", scene.port)
+    try:
+        assert (await reader.readline()).startswith(b"220 ")
+        login = base64.b64encode(b"\0alice\0" + scene.secrets["alice"].encode())
+        writer.write(b"EHLO app.example\r\nAUTH PLAIN " + login + b"\r\n" + command + b"\r\n")
+        while (await reader.readline()).startswith(b"250-"):
+            pass
+        assert (await reader.readline()).startswith(b"235 ")
+        assert (await reader.readline()).startswith(reply)
+    finally:
+        writer.close()
+        await writer.wait_closed()

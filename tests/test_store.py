@@ -214,3 +214,27 @@ def test_database_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
     connection.close()
     with pytest.raises(StoreError, match="schema 99 .made by a newer relay."):
         Store.open(tmp_path / "relay.db")
+
+
+def test_a_user_changed_by_another_process_is_seen_at_the_next_lookup(tmp_path: Path) -> None:
+    daemon_side = Store.create(tmp_path / "relay.db")
+    daemon_side.add_user(ALICE)
+    assert daemon_side.get_user("alice").enabled
+    cli_side = Store.open(tmp_path / "relay.db")
+    cli_side.update_user(replace(cli_side.get_user("alice"), enabled=False))
+    assert not daemon_side.get_user("alice").enabled
+    cli_side.remove_user("alice")
+    assert daemon_side.find_user("alice") is None
+    cli_side.close()
+    daemon_side.close()
+
+
+def test_a_users_own_changes_are_seen_at_the_next_lookup(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "relay.db")
+    store.add_user(ALICE)
+    assert store.get_user("alice").sent_folder_found is None
+    store.remember_sent_folder("alice", "Sent Items")
+    assert store.get_user("alice").sent_folder_found == "Sent Items"
+    store.remove_user("alice")
+    assert store.find_user("alice") is None
+    store.close()

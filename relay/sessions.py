@@ -1,0 +1,90 @@
+"""What the listener's sessions share: the tracker of open sessions and the command table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from relay.config import LimitsConfig
+from relay.dataread import DataBudget
+from relay.errors import PolicyRejection
+from relay.policy import connection_refusal
+
+if TYPE_CHECKING:
+    from relay.server import RelaySMTP
+
+DATA_BUDGET = 256 * 2**20  # octets of DATA all sessions may hold at once; past it, 452
+
+
+class Commands(Mapping[str, Callable[[str], Awaitable[None]]]):
+    """A session's smtp_<VERB> methods by verb, bound when looked up."""
+
+    __slots__ = ("_session", "_verbs")
+
+    def __init__(self, session: RelaySMTP, verbs: frozenset[str]) -> None:
+        self._session = session
+        self._verbs = verbs
+
+    def __getitem__(self, verb: str) -> Callable[[str], Awaitable[None]]:
+        if verb not in self._verbs:
+            raise KeyError(verb)
+        method: Callable[[str], Awaitable[None]] = getattr(self._session, "smtp_" + verb)
+        return method
+
+    def get(  # type: ignore[override]  # Mapping.get's overloads, in the one form aiosmtpd uses
+        self, verb: str, default: None = None
+    ) -> Callable[[str], Awaitable[None]] | None:
+        """The method for verb, or None; called for every command line."""
+        return getattr(self._session, "smtp_" + verb) if verb in self._verbs else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._verbs))
+
+    def __len__(self) -> int:
+        return len(self._verbs)
+
+
+class SessionTracker:
+    """The open client sessions, so a drain can wait for them and floods can be refused."""
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+        self.sessions: set[RelaySMTP] = set()
+        self.per_address: Counter[str] = Counter()
+        self.data_budget = DataBudget(DATA_BUDGET)
+        self.draining = False
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
+
+    def refusal_for(self, transport: Any) -> PolicyRejection | None:
+        """Why a new connection must be turned away, if it must."""
+        return connection_refusal(
+            len(self.sessions),
+            self.per_address[peer_address(transport)],
+            self.limits.max_connections,
+            self.limits.max_connections_per_ip,
+        )
+
+    def add(self, session: RelaySMTP) -> None:
+        """Remember an open session."""
+        self.sessions.add(session)
+        self.per_address[session.peer_address] += 1
+        self.all_closed.clear()
+
+    def discard(self, session: RelaySMTP) -> None:
+        """Forget a closed session."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.per_address[session.peer_address] -= 1
+            if self.per_address[session.peer_address] <= 0:
+                del self.per_address[session.peer_address]
+        if not self.sessions:
+            self.all_closed.set()
+
+
+def peer_address(transport: Any) -> str:
+    """The IP address of a transport's peer."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else "unknown"

@@ -1,0 +1,44 @@
+"""The listener's wire details: which replies and arguments are safe, and plain addresses."""
+
+from __future__ import annotations
+
+import re
+
+from relay.errors import REPLY_LINE_BYTES
+
+# RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 5321 §4.2: reply text is HT and printable ASCII.
+_NOT_REPLY_TEXT = re.compile(r"[^\t\x20-\x7e]")
+# RFC 5322 §3.4.1: <local@domain>, both dot-atoms, then nothing or spaces and parameters: what
+# nearly every app sends. Anything else (quoting, comments, literals, <>) goes to aiosmtpd.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(
+    rf"<(?P<address>{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)>(?:[ \t]+(?P<rest>[^ \t(].*))?",
+    re.DOTALL,
+)
+
+
+def has_control(arg: str) -> bool:
+    """Whether a command argument holds a control character."""
+    return _CONTROL.search(arg) is not None
+
+
+def reply_text(text: str) -> str:
+    """Reply text with anything but HT and printable ASCII replaced by '?'."""
+    return _NOT_REPLY_TEXT.sub("?", text)
+
+
+def fit_reply(reply: str) -> str:
+    """A reply cut to the longest line SMTP allows."""
+    # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
+    encoded = reply.encode("utf-8", "replace")
+    if len(encoded) <= REPLY_LINE_BYTES:
+        return reply
+    return encoded[: REPLY_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def plain_address(arg: str) -> tuple[str, str] | None:
+    """(address, parameters) of a plain `<local@domain> PARAMS` argument, else None."""
+    plain = _PLAIN_ADDRESS.fullmatch(arg)
+    return None if plain is None else (plain["address"], plain["rest"] or "")
