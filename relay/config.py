@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import re
 import socket
 from collections.abc import Mapping
@@ -88,6 +89,9 @@ class LimitsConfig:
     max_recipients: int = 100
     max_connections: int = 500
     max_connections_per_ip: int = 100
+    # Networks whose clients max_connections_per_ip does not count, as Postfix exempts
+    # $mynetworks: every local app shares 127.0.0.1.
+    per_ip_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     auth_failure_delay: float = 2.0
     auth_failure_max_delay: float = 15.0
     messages_per_minute: int = 0  # 0: no limit of relay's own
@@ -430,6 +434,7 @@ def _limits(reader: Reader, s: Section) -> LimitsConfig:
         max_recipients=_count(reader, s, default, "max_recipients"),
         max_connections=_count(reader, s, default, "max_connections"),
         max_connections_per_ip=_count(reader, s, default, "max_connections_per_ip"),
+        per_ip_exempt=or_default(_networks(reader, s, "per_ip_exempt"), default.per_ip_exempt),
         auth_failure_delay=_seconds(reader, s, default, "auth_failure_delay", allow_zero=True),
         auth_failure_max_delay=_seconds(
             reader, s, default, "auth_failure_max_delay", allow_zero=True
@@ -437,6 +442,24 @@ def _limits(reader: Reader, s: Section) -> LimitsConfig:
         messages_per_minute=_count(reader, s, default, "messages_per_minute", low=0),
         messages_per_day=_count(reader, s, default, "messages_per_day", low=0),
     )
+
+
+def _networks(reader: Reader, s: Section, name: str) -> tuple[str, ...] | None:
+    """A list of networks such as 127.0.0.0/8 or ::1 (a bare address is one host)."""
+    value = s.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        reader.fail(s.key(name), f"expected a list of networks like 10.0.0.0/8, got {shown(value)}")
+        return None
+    networks = []
+    for index, item in enumerate(value):
+        try:
+            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            why = f"expected a network like 10.0.0.0/8 or an address, got {shown(item)}"
+            reader.fail(f"{s.key(name)}[{index}]", why)
+    return tuple(networks)
 
 
 def _upstream(reader: Reader, s: Section) -> UpstreamConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from relay.policy import connection_refusal
 if TYPE_CHECKING:
     from relay.server import RelaySMTP
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DATA_BUDGET = 256 * 2**20  # octets of DATA all sessions may hold at once; past it, 452
 
 
@@ -50,7 +52,8 @@ class SessionTracker:
     """The open client sessions, so a drain can wait for them and floods can be refused."""
 
     def __init__(self, limits: LimitsConfig) -> None:
-        self.limits = limits
+        self._limits = limits
+        self._exempt = exempt_networks(limits)
         self.sessions: set[RelaySMTP] = set()
         self.per_address: Counter[str] = Counter()
         self.data_budget = DataBudget(DATA_BUDGET)
@@ -58,14 +61,34 @@ class SessionTracker:
         self.all_closed = asyncio.Event()
         self.all_closed.set()
 
+    @property
+    def limits(self) -> LimitsConfig:
+        """The limits in force; a reload replaces them."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: LimitsConfig) -> None:
+        self._limits = limits
+        self._exempt = exempt_networks(limits)
+
     def refusal_for(self, transport: Any) -> PolicyRejection | None:
         """Why a new connection must be turned away, if it must."""
+        address = peer_address(transport)
         return connection_refusal(
             len(self.sessions),
-            self.per_address[peer_address(transport)],
-            self.limits.max_connections,
-            self.limits.max_connections_per_ip,
+            0 if self._is_exempt(address) else self.per_address[address],
+            self._limits.max_connections,
+            self._limits.max_connections_per_ip,
         )
+
+    def _is_exempt(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack listener
+        return any(ip in network for network in self._exempt)
 
     def add(self, session: RelaySMTP) -> None:
         """Remember an open session."""
@@ -82,6 +105,11 @@ class SessionTracker:
                 del self.per_address[session.peer_address]
         if not self.sessions:
             self.all_closed.set()
+
+
+def exempt_networks(limits: LimitsConfig) -> tuple[IPNetwork, ...]:
+    """The networks max_connections_per_ip does not count."""
+    return tuple(ipaddress.ip_network(network) for network in limits.per_ip_exempt)
 
 
 def peer_address(transport: Any) -> str:

@@ -567,3 +567,13 @@ def test_google_needs_the_client_secret_and_microsoft_redirects_to_localhost(
     oauth2 = load_config(write(tmp_path, text)).providers["w"].oauth2
     # Microsoft ignores the port of a registered http://localhost redirect, not of 127.0.0.1.
     assert oauth2 is not None and oauth2.redirect_host == "localhost"
+
+
+def test_per_ip_exempt_takes_networks_and_names_a_bad_one(tmp_path: Path) -> None:
+    good = write(
+        tmp_path, "limits: {per_ip_exempt: [10.0.0.0/8, 192.0.2.7, '::1']}\nproviders:\n" + LAB
+    )
+    assert load_config(good).limits.per_ip_exempt == ("10.0.0.0/8", "192.0.2.7/32", "::1/128")
+    bad = write(tmp_path, "limits: {per_ip_exempt: [10.0.0.0/8, 'not a net']}\nproviders:\n" + LAB)
+    assert_problem(bad, "limits.per_ip_exempt[1]", "expected a network", "not a net")
+    assert LimitsConfig().per_ip_exempt == ("127.0.0.0/8", "::1/128")

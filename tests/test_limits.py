@@ -98,7 +98,8 @@ async def test_repeated_failed_logins_are_logged_as_a_lockout_and_still_refused(
 
 
 async def test_connections_beyond_the_per_address_limit_get_421(tmp_path: Path) -> None:
-    async with limited_relay(tmp_path, max_connections_per_ip=2) as (daemon, _, _secret):
+    limits = {"max_connections_per_ip": 2, "per_ip_exempt": []}  # count loopback clients too
+    async with limited_relay(tmp_path, **limits) as (daemon, _, _secret):
         first, second = await connect(daemon), await connect(daemon)
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.addresses[0][1])
         line = await reader.readline()
@@ -109,6 +110,28 @@ async def test_connections_beyond_the_per_address_limit_get_421(tmp_path: Path) 
             await client.quit()
         third = await connect(daemon)  # a slot is free again
         await third.quit()
+
+
+async def test_local_apps_on_loopback_are_not_held_to_the_per_address_limit(
+    tmp_path: Path,
+) -> None:
+    # They all come from 127.0.0.1, as Postfix's $mynetworks clients are exempt there.
+    async with limited_relay(tmp_path, max_connections_per_ip=2) as (daemon, _, _secret):
+        clients = [await connect(daemon) for _ in range(5)]
+        for client in clients:
+            await client.quit()
+
+
+async def test_the_total_limit_still_holds_for_loopback_clients(tmp_path: Path) -> None:
+    async with limited_relay(tmp_path, max_connections=2) as (daemon, _, _secret):
+        first, second = await connect(daemon), await connect(daemon)
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.addresses[0][1])
+        line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        assert line.startswith(b"421 4.7.0 too many connections (2)")
+        for client in (first, second):
+            await client.quit()
 
 
 async def test_sending_beyond_the_per_minute_rate_gets_450(tmp_path: Path) -> None:
