@@ -63,29 +63,35 @@ class Grants:
                 (login, sealed_refresh, " ".join(scopes), now, now, expires_at),
             )
 
+    # Both writes below apply only while the grant still holds the refresh token that was used
+    # (`used`, sealed): a new authorization or another process's rotation may have replaced it
+    # during the request, and an answer about the old token must not overwrite the new one.
+
     def refreshed(
         self,
         login: str,
         sealed_refresh: bytes | None,
         scopes: tuple[str, ...],
         expires_at: float,
+        *,
+        used: bytes,
     ) -> None:
         """Note a refresh; a rotated refresh token replaces the old one in the same write."""
         with self._db:
             self._db.execute(
                 "UPDATE oauth_grants SET sealed_refresh = COALESCE(?, sealed_refresh), "
-                "scopes = ?, refreshed_at = ?, access_expires_at = ? WHERE login = ?",
-                (sealed_refresh, " ".join(scopes), time.time(), expires_at, login),
+                "scopes = ?, refreshed_at = ?, access_expires_at = ? "
+                "WHERE login = ? AND sealed_refresh = ?",
+                (sealed_refresh, " ".join(scopes), time.time(), expires_at, login, used),
             )
 
-    def needs_authorization(self, login: str, reason: str) -> None:
+    def needs_authorization(self, login: str, reason: str, *, used: bytes) -> None:
         """Stop using the grant until the user authorizes relay again."""
         with self._db:
             self._db.execute(
-                "INSERT INTO oauth_grants (login, needs_authorization) VALUES (?, ?) "
-                "ON CONFLICT (login) DO UPDATE "
-                "SET needs_authorization = excluded.needs_authorization",
-                (login, reason),
+                "UPDATE oauth_grants SET needs_authorization = ? "
+                "WHERE login = ? AND sealed_refresh = ?",
+                (reason, login, used),
             )
 
     def forget(self, login: str) -> None:

@@ -121,7 +121,7 @@ class AccessTokens:
         except GrantRevoked as error:
             self._on_refresh_failed(provider)
             reason = f"the provider answered invalid_grant: {error.description or 'no detail'}"
-            self.store.grants.needs_authorization(login, reason)
+            self.store.grants.needs_authorization(login, reason, used=sealed)
             logger.error(
                 "oauth.authorization_needed user=%s provider=%s reason=%r fix=%r",
                 login,
@@ -136,10 +136,10 @@ class AccessTokens:
                 "oauth.refresh_failed user=%s provider=%s error=%r", login, provider, str(error)
             )
             raise refresh_failure(login, provider, error) from None
-        self._remember(grant, fresh)
+        self._remember(grant, fresh, sealed)
         return fresh.access_token
 
-    def _remember(self, grant: OAuthGrant, fresh: TokenGrant) -> None:
+    def _remember(self, grant: OAuthGrant, fresh: TokenGrant, used: bytes) -> None:
         login = grant.login
         self._on_secret(fresh.access_token)
         sealed = None
@@ -147,7 +147,7 @@ class AccessTokens:
             # Rotated: the old refresh token may stop working any moment, so store this one now.
             self._on_secret(fresh.refresh_token)
             sealed = self._key.seal(fresh.refresh_token, refresh_token_context(login))
-        self.store.grants.refreshed(login, sealed, fresh.scopes, fresh.expires_at)
+        self.store.grants.refreshed(login, sealed, fresh.scopes, fresh.expires_at, used=used)
         self._cache[login] = _Cached(fresh.access_token, renew_at(fresh), grant.authorized_at)
         self.refreshes += 1
         logger.info(

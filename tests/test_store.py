@@ -238,3 +238,21 @@ def test_a_users_own_changes_are_seen_at_the_next_lookup(tmp_path: Path) -> None
     store.remove_user("alice")
     assert store.find_user("alice") is None
     store.close()
+
+
+def test_an_answer_about_a_replaced_refresh_token_leaves_the_new_grant_alone(
+    tmp_path: Path,
+) -> None:
+    store = Store.create(tmp_path / "relay.db")
+    store.grants.authorized("alice", b"sealed-old", ("mail",), 100.0)
+    store.grants.authorized("alice", b"sealed-new", ("mail",), 200.0)  # authorized again
+    # A refresh that started with the old token comes back: rotated, or invalid_grant.
+    store.grants.refreshed("alice", b"sealed-rotated", ("mail",), 300.0, used=b"sealed-old")
+    store.grants.needs_authorization("alice", "invalid_grant", used=b"sealed-old")
+    grant = store.grants.get("alice")
+    assert grant is not None
+    assert (grant.sealed_refresh, grant.needs_authorization) == (b"sealed-new", None)
+    store.grants.refreshed("alice", b"sealed-rotated", ("mail",), 300.0, used=b"sealed-new")
+    grant = store.grants.get("alice")
+    assert grant is not None and grant.sealed_refresh == b"sealed-rotated"
+    store.close()
