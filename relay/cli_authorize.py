@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from relay.cli_common import UsageError, cli_config, open_store, timestamp
 from relay.config import RelayConfig
@@ -78,9 +77,8 @@ def cmd_user_authorize(args: argparse.Namespace) -> int:
             )
         sealed = key.seal(grant.refresh_token, refresh_token_context(user.login))
         store.grants.authorized(user.login, sealed, grant.scopes, grant.expires_at)
-        if user.auth is not UpstreamAuth.OAUTH2 or user.sealed_secret is not None:
-            # The password is of no more use; keeping it would keep a secret for nothing.
-            store.update_user(replace(user, auth=UpstreamAuth.OAUTH2, sealed_secret=None))
+        # The password is of no more use; keeping it would keep a secret for nothing.
+        store.switch_to_oauth2(user.login)
     due = _make_queued_mail_due(config, user.login)
     print(f"user {user.login}: authorized; scopes granted: {' '.join(grant.scopes) or '-'}")
     if due:

@@ -262,6 +262,18 @@ class Store:
             if cursor.rowcount == 0:
                 raise UnknownUser(user.login)
 
+    def switch_to_oauth2(self, login: str) -> None:
+        """The user logs in upstream with OAuth2 from now on; their stored password is deleted."""
+        # Targeted, not update_user: `relay user authorize` waits minutes for the sign-in, and
+        # edits made meanwhile (by the CLI, or the daemon's Sent folder) must survive.
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE users SET auth = ?, sealed_secret = NULL, updated_at = ? WHERE login = ?",
+                (UpstreamAuth.OAUTH2.value, time.time(), login),
+            )
+            if cursor.rowcount == 0:
+                raise UnknownUser(login)
+
     def remember_sent_folder(self, login: str, folder: str | None) -> None:
         """Store the Sent folder discovery found, for next time; None forgets it."""
         # A discovery is not an edit of the user's settings, so updated_at stays.

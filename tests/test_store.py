@@ -94,6 +94,24 @@ def test_remembering_a_folder_for_an_unknown_user_names_the_user(tmp_path: Path)
     store.close()
 
 
+def test_switching_to_oauth2_deletes_the_password_and_keeps_edits_made_meanwhile(
+    tmp_path: Path,
+) -> None:
+    store = Store.create(tmp_path / "relay.db")
+    store.add_user(replace(ALICE, sealed_secret=b"sealed password"))
+    other_process = Store.open(tmp_path / "relay.db")
+    other_process.remember_sent_folder("alice", "Envoyés")
+    other_process.close()
+    store.switch_to_oauth2("alice")
+    got = store.get_user("alice")
+    store.close()
+    assert (got.auth, got.sealed_secret, got.sent_folder_found) == (
+        UpstreamAuth.OAUTH2,
+        None,
+        "Envoyés",
+    )
+
+
 V1_SCHEMA = """
 CREATE TABLE users (
     login TEXT PRIMARY KEY, provider TEXT NOT NULL, email TEXT NOT NULL, display_name TEXT,
