@@ -96,6 +96,9 @@ class LimitsConfig:
     auth_failure_max_delay: float = 15.0
     messages_per_minute: int = 0  # 0: no limit of relay's own
     messages_per_day: int = 0
+    # DATA held in memory by all sessions at once (relay keeps a mail in memory until it is
+    # spooled); past it, 452 4.3.1 and the app retries later.
+    max_data_in_memory: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,8 +432,9 @@ def _seconds(
 
 def _limits(reader: Reader, s: Section) -> LimitsConfig:
     default = LimitsConfig()
+    largest = _count(reader, s, default, "max_message_bytes")
     return LimitsConfig(
-        max_message_bytes=_count(reader, s, default, "max_message_bytes"),
+        max_message_bytes=largest,
         max_recipients=_count(reader, s, default, "max_recipients"),
         max_connections=_count(reader, s, default, "max_connections"),
         max_connections_per_ip=_count(reader, s, default, "max_connections_per_ip"),
@@ -441,7 +445,19 @@ def _limits(reader: Reader, s: Section) -> LimitsConfig:
         ),
         messages_per_minute=_count(reader, s, default, "messages_per_minute", low=0),
         messages_per_day=_count(reader, s, default, "messages_per_day", low=0),
+        max_data_in_memory=_data_in_memory(reader, s, default, largest),
     )
+
+
+def _data_in_memory(reader: Reader, s: Section, default: LimitsConfig, largest: int) -> int:
+    budget = _count(reader, s, default, "max_data_in_memory")
+    if budget < largest:
+        # A mail of the largest size allowed would then get 452 forever, however long it waits.
+        reader.fail(
+            s.key("max_data_in_memory"),
+            f"must be at least max_message_bytes ({largest}), got {budget}",
+        )
+    return budget
 
 
 def _networks(reader: Reader, s: Section, name: str) -> tuple[str, ...] | None:

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from relay.server import RelaySMTP
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-DATA_BUDGET = 256 * 2**20  # octets of DATA all sessions may hold at once; past it, 452
 
 
 class Commands(Mapping[str, Callable[[str], Awaitable[None]]]):
@@ -56,7 +55,7 @@ class SessionTracker:
         self._exempt = exempt_networks(limits)
         self.sessions: set[RelaySMTP] = set()
         self.per_address: Counter[str] = Counter()
-        self.data_budget = DataBudget(DATA_BUDGET)
+        self.data_budget = DataBudget(limits.max_data_in_memory)
         self.draining = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
@@ -70,6 +69,7 @@ class SessionTracker:
     def limits(self, limits: LimitsConfig) -> None:
         self._limits = limits
         self._exempt = exempt_networks(limits)
+        self.data_budget.limit = limits.max_data_in_memory
 
     def refusal_for(self, transport: Any) -> PolicyRejection | None:
         """Why a new connection must be turned away, if it must."""

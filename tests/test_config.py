@@ -577,3 +577,15 @@ def test_per_ip_exempt_takes_networks_and_names_a_bad_one(tmp_path: Path) -> Non
     bad = write(tmp_path, "limits: {per_ip_exempt: [10.0.0.0/8, 'not a net']}\nproviders:\n" + LAB)
     assert_problem(bad, "limits.per_ip_exempt[1]", "expected a network", "not a net")
     assert LimitsConfig().per_ip_exempt == ("127.0.0.0/8", "::1/128")
+
+
+def test_data_in_memory_must_hold_the_largest_message_allowed(tmp_path: Path) -> None:
+    good = write(tmp_path, "limits: {max_data_in_memory: 1073741824}\nproviders:\n" + LAB)
+    assert load_config(good).limits.max_data_in_memory == 1024 * 1024 * 1024
+    bad = write(
+        tmp_path,
+        "limits: {max_message_bytes: 52428800, max_data_in_memory: 10485760}\nproviders:\n" + LAB,
+    )
+    assert_problem(
+        bad, "limits.max_data_in_memory", "at least max_message_bytes (52428800)", "10485760"
+    )

@@ -6,10 +6,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import trustme
 
 from relay.dataread import DataBudget, DataProblem, DataReader, read_data
-from tests.test_queue import relay_and_upstream, send
-from tests.test_server import MESSAGE
+from tests.harness import running_daemon, write_config
+from tests.rawsmtp import RawClient
+from tests.test_queue import eventually, relay_and_upstream, send
+from tests.test_server import MESSAGE, provider_for
+from tests.upstream import recording_upstream
 
 ROOMY = 10**9
 
@@ -102,3 +106,39 @@ async def test_mail_arriving_while_the_data_budget_is_spent_gets_452_and_later_g
         assert (await send(daemon, secret, ["bob@example.net"], MESSAGE)).startswith("250 ")
         assert len(upstream.handler.received) == 1
         assert budget.held == 0
+
+
+async def test_the_configured_memory_budget_is_shared_by_all_sessions_sending_at_once(
+    tmp_path: Path,
+) -> None:
+    budget = 64 * 1024
+    forty_kb = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 40
+    async with recording_upstream(trustme.CA(), tmp_path) as upstream:
+        setup = write_config(
+            tmp_path / "relay",
+            {"lab": provider_for(upstream)},
+            limits={"max_message_bytes": budget, "max_data_in_memory": budget},
+        )
+        secret = setup.add_user("alice", "lab", "alice@example.org", "upstream-Pa55")
+        async with running_daemon(setup) as daemon:
+            first = await RawClient.connect(daemon.addresses[0][1])
+            try:
+                await first.login(secret)
+                assert (await first.send(b"MAIL FROM:<alice@example.org>\r\n")).code == 250
+                assert (await first.send(b"RCPT TO:<bob@example.net>\r\n")).code == 250
+                assert (await first.send(b"DATA\r\n")).code == 354
+                first.writer.write(forty_kb)  # the first app is still sending its mail
+                # Once relay holds this much of it, another 40 KB no longer fit.
+                room_left = budget - len(forty_kb)
+                await eventually(lambda: daemon.tracker.data_budget.held > room_left)
+                second = await send(daemon, secret, ["carol@example.net"], forty_kb)
+                assert second.startswith("452 4.3.1 "), second
+                assert (await first.send(b".\r\n")).code == 250
+            finally:
+                await first.close()
+            again = await send(daemon, secret, ["carol@example.net"], forty_kb)
+            assert again.startswith("250 "), again
+    assert [mail.recipients for mail in upstream.handler.received] == [
+        ["bob@example.net"],
+        ["carol@example.net"],
+    ]
