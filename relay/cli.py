@@ -21,7 +21,8 @@ from relay.daemon import run_daemon
 from relay.errors import RelayError
 from relay.keys import create_key_file
 from relay.sentqueue import count_jobs
-from relay.spool import delete_message, make_id_due, open_database, select_entries
+from relay.spooldb import open_database
+from relay.spoolsql import delete_message, make_id_due, select_entries
 from relay.store import Store
 
 __all__ = ["UsageError", "build_parser", "main"]

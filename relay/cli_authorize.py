@@ -160,7 +160,8 @@ def _show_device_code(user: User) -> Callable[[DeviceAuthorization], None]:
 
 def _make_queued_mail_due(config: RelayConfig, login: str) -> int:
     """The daemon retries what waited for the authorization within a second (see queue retry)."""
-    from relay.spool import make_due, open_database
+    from relay.spooldb import open_database
+    from relay.spoolsql import make_due
 
     if not config.spool_path.exists():
         return 0

@@ -33,15 +33,8 @@ from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
 from relay.sasl import bearer_refused_fix
 from relay.sentcopies import SentCopies, provider_label
-from relay.spool import (
-    AttemptRecord,
-    NewMessage,
-    QueueEntry,
-    QueueStats,
-    RecipientState,
-    Spool,
-    fingerprint,
-)
+from relay.spool import Spool, fingerprint
+from relay.spooltypes import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
 from relay.store import Store, User
 
 logger = logging.getLogger(__name__)

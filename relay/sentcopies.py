@@ -30,7 +30,8 @@ from relay.sent import (
     sent_folder_override,
 )
 from relay.sentqueue import SentJob, SentJobSpec
-from relay.spool import QueueEntry, Spool
+from relay.spool import Spool
+from relay.spooltypes import QueueEntry
 from relay.store import Store, User
 
 logger = logging.getLogger(__name__)

@@ -11,16 +11,9 @@ import trustme
 
 from relay.config import load_config
 from relay.errors import StoreError
-from relay.spool import (
-    SCHEMA_VERSION,
-    AttemptRecord,
-    NewMessage,
-    delete_message,
-    insert_batch,
-    open_database,
-    record_attempt,
-    select_data,
-)
+from relay.spooldb import SCHEMA_VERSION, open_database
+from relay.spoolsql import delete_message, insert_batch, record_attempt, select_data
+from relay.spooltypes import AttemptRecord, NewMessage
 from tests.harness import running_daemon, write_config
 from tests.test_queue import eventually
 from tests.test_server import provider_for
