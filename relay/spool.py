@@ -32,10 +32,10 @@ from relay.spooldb import open_database
 from relay.spoolsql import (
     R,
     Write,
-    _insert_one,
-    _record,
+    apply_attempt,
     delete_accepted_before,
     delete_message,
+    insert_message,
     make_due,
     postpone_user,
     run_batch,
@@ -84,7 +84,7 @@ class Spool:
 
     async def enqueue(self, message: NewMessage, window: float) -> str | None:
         """Commit a message durably; return None if it duplicates one accepted within window."""
-        return await self._commit(partial(_insert_one, message=message, window=window))
+        return await self._commit(partial(insert_message, message=message, window=window))
 
     async def _commit(self, write: Write[R]) -> R:
         """Run write in the next group transaction; return its result once that is fsynced."""
@@ -121,7 +121,9 @@ class Spool:
     async def record(self, message_id: str, attempt: AttemptRecord) -> QueueEntry | None:
         """Write an attempt's outcome; return the entry as it now stands (None once gone)."""
         now = time.time()
-        return await self._commit(partial(_record, message_id=message_id, attempt=attempt, now=now))
+        return await self._commit(
+            partial(apply_attempt, message_id=message_id, attempt=attempt, now=now)
+        )
 
     async def remove(self, message_id: str) -> None:
         """Delete a message and everything about it."""

@@ -30,10 +30,11 @@ def run_batch(db: sqlite3.Connection, writes: list[Write[R]]) -> list[R]:
 
 def insert_batch(db: sqlite3.Connection, batch: list[tuple[NewMessage, float]]) -> list[str | None]:
     """Insert messages in one transaction; a duplicate within its window yields None."""
-    return run_batch(db, [partial(_insert_one, message=m, window=w) for m, w in batch])
+    return run_batch(db, [partial(insert_message, message=m, window=w) for m, w in batch])
 
 
-def _insert_one(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
+def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
+    """Insert one message inside a transaction the caller holds; None for a duplicate."""
     if message.fingerprint is not None:
         cutoff = message.received_at - window
         db.execute(
@@ -132,11 +133,13 @@ def record_attempt(
     db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
 ) -> QueueEntry | None:
     """Apply an attempt's per-recipient outcome and schedule the next one, in one transaction."""
-    [entry] = run_batch(db, [partial(_record, message_id=message_id, attempt=attempt, now=now)])
+    [entry] = run_batch(
+        db, [partial(apply_attempt, message_id=message_id, attempt=attempt, now=now)]
+    )
     return entry
 
 
-def _record(
+def apply_attempt(
     db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
 ) -> QueueEntry | None:
     """record_attempt's work, inside a transaction the caller holds."""
