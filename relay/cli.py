@@ -16,7 +16,8 @@ from relay.cli_check import add_check_command
 from relay.cli_common import UsageError, cli_config
 from relay.cli_status import add_status_command
 from relay.cli_users import add_user_commands
-from relay.config import RelayConfig, render_config
+from relay.config import RelayConfig
+from relay.configfile import render_config
 from relay.daemon import run_daemon
 from relay.errors import RelayError
 from relay.keys import create_key_file

@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from relay.config import RelayConfig, config_path_from, load_config
+from relay.config import RelayConfig
+from relay.configfile import config_path_from, load_config
 from relay.errors import RelayError
 from relay.grants import OAuthGrant
 from relay.keys import MasterKey, key_path, load_key

@@ -8,7 +8,8 @@ import time
 from collections import Counter
 
 from relay.cli_common import USER_STATES, user_state
-from relay.config import RelayConfig, config_path_from, load_config
+from relay.config import RelayConfig
+from relay.configfile import config_path_from, load_config
 from relay.ops import read_status, uptime
 from relay.spooldb import open_database
 from relay.spoolsql import select_stats, select_user_status

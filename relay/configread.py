@@ -12,9 +12,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # The key path used for problems with the file as a whole rather than one key in it.
 FILE_PROBLEM = "(file)"
@@ -206,6 +209,11 @@ def plain(value: object) -> object:
     if isinstance(value, tuple | list):
         return [plain(item) for item in value]
     return value
+
+
+def field_keys(kind: type[DataclassInstance], *internal: str) -> tuple[str, ...]:
+    """The keys of a config section: its dataclass's field names, less the internal ones."""
+    return tuple(f.name for f in dataclasses.fields(kind) if f.name not in internal)
 
 
 def or_default(value: T | None, default: T) -> T:

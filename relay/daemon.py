@@ -16,7 +16,8 @@ from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
-from relay.config import ListenerConfig, RelayConfig, load_config
+from relay.config import ListenerConfig, RelayConfig
+from relay.configfile import load_config
 from relay.configoauth import OAuthSettings
 from relay.credentials import open_credentials
 from relay.delivery import TlsContexts, UpstreamTimeouts

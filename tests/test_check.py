@@ -20,7 +20,8 @@ import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay.checkreport import STAGES, Certificate
-from relay.hints import RULES, HintRule
+from relay.hintrule import HintRule
+from relay.hints import RULES
 from relay.imapwire import quoted
 from relay.providers import PRESETS
 from tests.harness import CliResult, RelaySetup, running_daemon, write_config

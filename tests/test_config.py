@@ -10,12 +10,14 @@ import pytest
 import yaml
 
 from relay.config import (
-    DEFAULT_CONFIG_PATH,
     LimitsConfig,
     ListenerConfig,
     LoggingConfig,
     MetricsConfig,
     UpstreamConfig,
+)
+from relay.configfile import (
+    DEFAULT_CONFIG_PATH,
     config_path_from,
     load_config,
     parse_config,

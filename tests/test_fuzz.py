@@ -34,10 +34,8 @@ from relay.config import (
     QueueConfig,
     RelayConfig,
     UpstreamConfig,
-    load_config,
-    parse_config,
-    render_config,
 )
+from relay.configfile import load_config, parse_config, render_config
 from relay.configread import FILE_PROBLEM
 from relay.errors import ConfigError
 from relay.providers import PRESETS, Endpoint

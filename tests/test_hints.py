@@ -6,7 +6,8 @@ import pytest
 
 from relay.delivery import auth_error, reply_error, upstream_error
 from relay.errors import REPLY_LINE_BYTES, PermanentFailure
-from relay.hints import RULES, HintRule, find_rule, hint_for, preset_for_host
+from relay.hintrule import HintRule
+from relay.hints import RULES, find_rule, hint_for, preset_for_host
 
 BY_KEY = {rule.key: rule for rule in RULES}
 

@@ -23,7 +23,7 @@ import pytest_asyncio
 import trustme
 import yaml
 
-from relay.config import load_config, parse_config
+from relay.configfile import load_config, parse_config
 from relay.errors import ConfigError
 from relay.message import field_name, prepare, split_header
 from relay.store import User

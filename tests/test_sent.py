@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from relay.config import ProviderConfig, parse_config
+from relay.config import ProviderConfig
+from relay.configfile import parse_config
 from relay.delivery import TlsContexts
 from relay.errors import SentCopyError, SentCopyRetry
 from relay.imap import ImapAccount

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay.config import load_config
+from relay.configfile import load_config
 from relay.errors import StoreError
 from relay.spooldb import SCHEMA_VERSION, open_database
 from relay.spoolsql import delete_message, insert_batch, record_attempt, select_data
