@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
 
 import yaml
 
@@ -41,9 +39,6 @@ from relay.configread import (
 from relay.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
-
-T = TypeVar("T")
-E = TypeVar("E", bound=enum.Enum)
 
 
 # The file's keys are the field names, so render_config and parse_config cannot drift apart.
