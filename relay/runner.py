@@ -12,27 +12,16 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from relay.config import ProviderConfig, RelayConfig
-from relay.credentials import Credentials, UpstreamSecret
-from relay.delivery import SendOutcome, UpstreamAccount, refusal_reply
-from relay.dsn import build_dsn
-from relay.errors import (
-    LoginRefused,
-    PermanentFailure,
-    PermanentLoginRefusal,
-    PolicyRejection,
-    RelayError,
-    TemporaryFailure,
-    TemporaryLoginRefusal,
-    UpstreamError,
-    smtp_reply,
-)
+from relay.attempts import Attempts, Verdict, app_refusal, summary
+from relay.bounces import Bounces
+from relay.config import RelayConfig
+from relay.credentials import Credentials
+from relay.errors import TemporaryFailure
 from relay.message import PreparedMessage
 from relay.ops import Ops
 from relay.pool import UpstreamPool
 from relay.retry import is_expired, needs_delay_warning, retry_delay
-from relay.sasl import bearer_refused_fix
-from relay.sentcopies import SentCopies, provider_label
+from relay.sentcopies import SentCopies
 from relay.spool import Spool, fingerprint
 from relay.spooltypes import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
 from relay.store import Store, User
@@ -62,15 +51,6 @@ class Settled:
     next_attempt: float
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """One attempt's result per recipient, and the whole-message error if there was one."""
-
-    outcome: SendOutcome
-    error: UpstreamError | None
-    remote: str
-
-
 class QueueRunner:
     """Delivers spooled mail: once while the app waits, then on a backoff schedule."""
 
@@ -84,6 +64,8 @@ class QueueRunner:
         ops: Ops,
     ) -> None:
         self.sent = SentCopies(config, store, spool, credentials, pool.tls, ops)
+        self.attempts = Attempts(config, store, credentials, pool, spool, ops)
+        self.bounces = Bounces(config, store, spool, self._attempt_now)
         self._config = config
         self.ops = ops
         self.stats = QueueStats()
@@ -202,17 +184,25 @@ class QueueRunner:
 
     @property
     def config(self) -> RelayConfig:
-        """The config in force; a reload replaces it for the runner and its Sent copies."""
+        """The config in force; a reload replaces it for the runner and all it hands work to."""
         return self._config
 
     @config.setter
     def config(self, config: RelayConfig) -> None:
         self._config = config
         self.sent.config = config
+        self.attempts.config = config
+        self.bounces.config = config
 
     def _start_sent_copy(self, job_id: str) -> None:
         if not self._stopping:
             self.sent.start(job_id, self._spawn)
+
+    def _attempt_now(self, queue_id: str) -> None:
+        """Give a message just queued (a DSN) its first attempt now, not at the next tick."""
+        self._inflight.add(queue_id)
+        self._spawn(self._retry(queue_id))
+        self._wake.set()
 
     def _spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(work)
@@ -246,11 +236,11 @@ class QueueRunner:
                 return None
             now = time.time()
             if is_expired(entry.received_at, now, self.config.queue):
-                await self._expire(entry)
+                await self.bounces.expire(entry)
                 return None
             warn = needs_delay_warning(entry.received_at, now, entry.warned, self.config.queue)
             if warn and not entry.is_bounce:
-                await self._warn_delayed(entry)
+                await self.bounces.warn_delayed(entry)
             return await self._settle(queue_id, None)
         finally:
             self._inflight.discard(queue_id)
@@ -266,7 +256,7 @@ class QueueRunner:
             entry = fresh.entry() if fresh is not None else await self.spool.entry(queue_id)
             if entry is None:
                 return queued
-            verdict = await self._attempt(entry, fresh.upstream_data if fresh else None)
+            verdict = await self.attempts.attempt(entry, fresh.upstream_data if fresh else None)
             now = time.time()
             delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
             outcome = verdict.outcome
@@ -277,7 +267,7 @@ class QueueRunner:
                     delivered=outcome.delivered,
                     failed=outcome.failed,
                     deferred=outcome.deferred,
-                    reply=_summary(verdict),
+                    reply=summary(verdict),
                     next_attempt=now + delay,
                     sent_job=sent_job,
                 ),
@@ -305,98 +295,23 @@ class QueueRunner:
         self, entry: QueueEntry, verdict: Verdict, app_hears_it: bool, delay: float
     ) -> str:
         outcome = verdict.outcome
-        self._log_attempt(entry, verdict, delay)
+        self.attempts.log(entry, verdict, delay)
         if outcome.delivered:
             await self._provider_is_back(entry.login)
         delivered_any = any(s is RecipientState.DELIVERED for s, _ in entry.recipients.values())
         if not entry.pending and app_hears_it and not delivered_any:
             await self.spool.remove(entry.id)
-            return _refusal_reply(verdict)
+            return app_refusal(verdict)
         if outcome.failed:
-            await self._bounce(entry, outcome.failed, {}, verdict.remote)
+            await self.bounces.bounce(entry, outcome.failed, {}, verdict.remote)
         if not entry.pending and not entry.removed:
             await self.spool.remove(entry.id)
         if entry.pending:
             self._deferred_users.add(entry.login)
-            return f"250 2.0.0 queued as {entry.id}; {_summary(verdict)}; relay keeps trying"
+            return f"250 2.0.0 queued as {entry.id}; {summary(verdict)}; relay keeps trying"
         refused = "; ".join(f"<{r}> {reply}" for r, reply in outcome.failed.items())
         tail = f"; refused by provider: {refused}" if refused else ""
         return f"250 2.0.0 {entry.message_id} sent, provider said: {outcome.reply}{tail}"
-
-    async def _attempt(self, entry: QueueEntry, data: bytes | None) -> Verdict:
-        pending = entry.pending
-        remote = "unknown"
-        try:
-            user, provider = self._user_and_provider(entry.login)
-            remote = provider.smtp.host
-            if data is None:
-                data = await self.spool.read_data(entry.id)
-            if data is None:
-                raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
-            opened = await self.credentials.open(user, provider)
-            try:
-                outcome = await self._send(user, provider, opened, entry.sender, pending, data)
-            except LoginRefused:
-                # An access token may die before its expiry (revoked, clock skew): one fresh
-                # token is worth a second try; a refused password is not.
-                if not self.credentials.refused(user, opened):
-                    raise
-                opened = await self.credentials.open(user, provider)
-                outcome = await self._send_bearer(user, provider, opened, entry, data)
-            return Verdict(outcome, None, remote)
-        except (UpstreamError, PolicyRejection, RelayError) as error:
-            reply = smtp_reply(error)
-            permanent = isinstance(error, PermanentFailure)
-            replies = dict.fromkeys(pending, reply)
-            outcome = SendOutcome(
-                reply=reply,
-                failed=replies if permanent else {},
-                deferred={} if permanent else replies,
-            )
-            return Verdict(outcome, error if isinstance(error, UpstreamError) else None, remote)
-
-    def _user_and_provider(self, login: str) -> tuple[User, ProviderConfig]:
-        user = self.store.find_user(login)
-        if user is None:
-            raise PolicyRejection(451, "4.7.0", f"user {login!r} no longer exists")
-        provider = self.config.providers.get(user.provider)
-        if provider is None:
-            raise PolicyRejection(451, "4.3.5", f"provider {user.provider!r} is not configured")
-        return user, provider
-
-    async def _send_bearer(
-        self,
-        user: User,
-        provider: ProviderConfig,
-        opened: UpstreamSecret,
-        entry: QueueEntry,
-        data: bytes,
-    ) -> SendOutcome:
-        try:
-            return await self._send(user, provider, opened, entry.sender, entry.pending, data)
-        except PermanentLoginRefusal as error:
-            # A server answers 535 alike for a bad token and for its own trouble checking one
-            # (Dovecot's introspection down), and a fresh token was refused too: keep the mail
-            # until the login works or someone looks (relay check), rather than bounce it.
-            hint = bearer_refused_fix(user.login)
-            raise TemporaryLoginRefusal(451, "4.7.0", error.text, hint) from None
-
-    async def _send(
-        self,
-        user: User,
-        provider: ProviderConfig,
-        opened: UpstreamSecret,
-        sender: str,
-        recipients: list[str],
-        data: bytes,
-    ) -> SendOutcome:
-        account = UpstreamAccount(
-            provider.smtp, user.upstream_user, opened.secret, provider.ca_file, opened.bearer
-        )
-        # A changed password, grant or provider must never reuse a session logged in with the
-        # old one.
-        key = f"{user.login}|{provider.smtp.host}:{provider.smtp.port}|{opened.identity}"
-        return await self.pool.send(key, account, sender, recipients, data)
 
     async def _provider_is_back(self, login: str) -> None:
         if login not in self._deferred_users:
@@ -408,124 +323,3 @@ class QueueRunner:
                 "queue.kicked user=%s messages=%d reason=provider accepted mail", login, moved
             )
             self._wake.set()
-
-    # -- bounces -------------------------------------------------------------------------------
-
-    async def _expire(self, entry: QueueEntry) -> None:
-        days = self.config.queue.lifetime / 86400
-        reply = f"expired after {days:g} days in the queue; last reply: {entry.last_reply}"
-        logger.warning(
-            "queue.expired id=%s user=%s rcpts=%d", entry.id, entry.login, len(entry.pending)
-        )
-        await self._bounce(entry, dict.fromkeys(entry.pending, reply), {}, "unknown")
-        await self.spool.remove(entry.id)
-
-    async def _warn_delayed(self, entry: QueueEntry) -> None:
-        delayed = {r: entry.recipients[r][1] or entry.last_reply for r in entry.pending}
-        await self._bounce(entry, {}, delayed, "unknown")
-        await self.spool.mark_warned(entry.id)
-
-    async def _bounce(
-        self, entry: QueueEntry, failed: dict[str, str], delayed: dict[str, str], remote: str
-    ) -> None:
-        """Queue a DSN to the sender through the same account; a bounce is never bounced."""
-        if entry.is_bounce:
-            logger.warning("queue.bounce_dropped id=%s reason=a bounce is never bounced", entry.id)
-            return
-        user = self.store.find_user(entry.login)
-        header = await self.spool.read_sent_header(entry.id)
-        if user is None or header is None:
-            logger.error("queue.bounce_impossible id=%s user=%s", entry.id, entry.login)
-            return
-        now = time.time()
-        report = build_dsn(
-            reporting_host=self.config.hostname,
-            user_email=user.email,
-            original_sender=entry.sender,
-            original_header=header,
-            received_at=entry.received_at,
-            now=now,
-            remote=remote,
-            failed=failed,
-            delayed=delayed,
-        )
-        bounce_id = secrets.token_hex(8)
-        await self.spool.enqueue(
-            NewMessage(
-                id=bounce_id,
-                login=entry.login,
-                sender=user.email,
-                message_id=f"<dsn-{bounce_id}@relay>",
-                recipients=(entry.sender,),
-                upstream_data=report,
-                body_offset=0,
-                sent_header=b"",
-                received_at=now,
-                is_bounce=True,
-            ),
-            0.0,
-        )
-        # The DSN gets its first attempt now, like mail from an app, not at the next tick.
-        self._inflight.add(bounce_id)
-        self._spawn(self._retry(bounce_id))
-        kind = "failed" if failed else "delayed"
-        logger.info(
-            "queue.dsn id=%s for=%s kind=%s rcpts=%d",
-            bounce_id,
-            entry.id,
-            kind,
-            len(failed) + len(delayed),
-        )
-        self._wake.set()
-
-    def _count_attempt(self, entry: QueueEntry, verdict: Verdict) -> None:
-        metrics, outcome = self.ops.metrics, verdict.outcome
-        provider = provider_label(self.store, entry.login)
-        code = verdict.error.code if verdict.error is not None else _reply_code(outcome.reply)
-        metrics.upstream_reply(provider, code)
-        metrics.delivery_attempted(provider, outcome.seconds)
-        if outcome.delivered:
-            metrics.mail_delivered(entry.login, provider)
-        if outcome.deferred:
-            metrics.mail_deferred(entry.login, provider)
-        if outcome.failed:
-            metrics.mail_bounced(entry.login, provider)
-
-    def _log_attempt(self, entry: QueueEntry, verdict: Verdict, delay: float) -> None:
-        self._count_attempt(entry, verdict)
-        outcome = verdict.outcome
-        logger.info(
-            "delivery.attempt id=%s user=%s msg_id=%s attempt=%d delivered=%d deferred=%d "
-            "failed=%d reply=%r next_in=%s seconds=%.3f",
-            entry.id,
-            entry.login,
-            entry.message_id,
-            entry.attempts,
-            len(outcome.delivered),
-            len(outcome.deferred),
-            len(outcome.failed),
-            _summary(verdict),
-            f"{delay:.1f}s" if entry.pending else "-",
-            outcome.seconds,
-        )
-
-
-def _reply_code(reply: str) -> int | None:
-    head = reply[:3]
-    return int(head) if head.isdigit() else None
-
-
-def _summary(verdict: Verdict) -> str:
-    if verdict.error is not None:
-        return verdict.error.reply
-    outcome = verdict.outcome
-    parts = [outcome.reply] if outcome.delivered else []
-    parts += [f"<{r}> {reply}" for r, reply in {**outcome.deferred, **outcome.failed}.items()]
-    return "; ".join(parts) or outcome.reply
-
-
-def _refusal_reply(verdict: Verdict) -> str:
-    """The 5xx the waiting app hears when every recipient was refused for good."""
-    if verdict.error is not None:
-        return verdict.error.reply
-    return refusal_reply(verdict.outcome.failed)

@@ -443,7 +443,7 @@ APP_CASES = [
 async def test_the_app_hears_the_hint_in_the_5xx_when_real_delivery_fails(
     tmp_path: Path, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relay.runner")
+    caplog.set_level(logging.INFO, logger="relay.attempts")
     hint_rule = rule(key)
     preset = hint_rule.providers[0]
     async with replay_server(tmp_path, email_for(preset)) as replay:
