@@ -13,7 +13,7 @@ from relay.errors import SentCopyError, UpstreamError
 from relay.imap import Aborter, ImapAccount, ImapSession, connect
 from relay.imapwire import encode_mailbox
 from relay.message import prepare
-from relay.pool import UpstreamPool
+from relay.pool import PoolSettings, UpstreamPool
 from relay.sent import (
     FolderSource,
     SentCopyPlan,
@@ -104,13 +104,13 @@ class MailStages:
             f"'relay check {user.login}' sent this mail to test the account; delete it.\r\n"
         ).encode()
         prepared = prepare(raw, user, user.email, now)
-        pool = UpstreamPool(
+        settings = PoolSettings(
             local_hostname=context.config.hostname,
             timeouts=UpstreamTimeouts(context.connect_timeout, context.timeout),
-            tls=context.tls,
             max_per_key=1,
             idle_timeout=0.0,
         )
+        pool = UpstreamPool(settings, context.tls)
         smtp, ca_file = context.provider.smtp, context.provider.ca_file
         account = UpstreamAccount(
             smtp, user.upstream_user, context.secret, ca_file, bearer=context.bearer

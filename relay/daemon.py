@@ -20,14 +20,14 @@ from relay.config import ListenerConfig, RelayConfig
 from relay.configfile import load_config
 from relay.configoauth import OAuthSettings
 from relay.credentials import open_credentials
-from relay.delivery import TlsContexts, UpstreamTimeouts
+from relay.delivery import TlsContexts
 from relay.errors import ConfigError, StoreError
 from relay.keys import key_path, load_key
 from relay.localauth import LocalVerifier
 from relay.logs import configure_logging
 from relay.metrics import MetricsServer
 from relay.ops import DaemonStatus, Ops, remove_status, write_status
-from relay.pool import UpstreamPool
+from relay.pool import UpstreamPool, pool_settings
 from relay.runner import QueueRunner
 from relay.server import RelayHandler, RelaySMTP, Services
 from relay.sessions import SessionTracker
@@ -51,13 +51,7 @@ def open_services(
     master_key = load_key(key_path(config.key_file, environ))
     store = Store.open(config.database_path)
     tls = TlsContexts()
-    pool = UpstreamPool(
-        local_hostname=config.hostname,
-        timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
-        tls=tls,
-        max_per_key=config.queue.max_connections_per_user,
-        idle_timeout=config.queue.connection_idle_timeout,
-    )
+    pool = UpstreamPool(pool_settings(config), tls)
     spool = Spool.open(config.spool_path)
     credentials = open_credentials(
         config, store, master_key, tls, ops.opened_secret, ops.metrics.oauth_refresh_failed
@@ -177,6 +171,11 @@ class Daemon:
         self.handler.services = services
         self.tracker.limits = config.limits
         self.services.runner.config = config
+        # CA files replaced in place are read again, and no session opened with the old
+        # settings is reused: a changed host, port or CA takes effect for the next mail.
+        pool = self.services.runner.pool
+        pool.tls.forget()
+        await pool.start_afresh(pool_settings(config))
         if self.on_reload is not None:
             self.on_reload(config)
         logger.info("config.reloaded source=%s providers=%d", config.source, len(config.providers))

@@ -72,6 +72,10 @@ class TlsContexts:
             self._contexts[ca_file] = context
         return context
 
+    def forget(self) -> None:
+        """Drop the contexts built so far: each CA file is read again when next needed."""
+        self._contexts.clear()
+
 
 def upstream_error(error: BaseException, where: str) -> UpstreamError:
     """Classify an aiosmtplib or socket error as temporary or permanent, keeping the reply."""

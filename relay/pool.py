@@ -6,11 +6,13 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol
 
+from relay.config import RelayConfig
 from relay.delivery import (
     SendOutcome,
     TlsContexts,
@@ -39,12 +41,33 @@ class BrokenIdleSession(Exception):
     """A pooled session failed before the message was handed over: safe to try a fresh one."""
 
 
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """How the pool opens and keeps sessions; a reload may bring new ones."""
+
+    local_hostname: str
+    timeouts: UpstreamTimeouts
+    max_per_key: int
+    idle_timeout: float
+
+
+def pool_settings(config: RelayConfig) -> PoolSettings:
+    """How the daemon's upstream pool opens and keeps sessions."""
+    return PoolSettings(
+        local_hostname=config.hostname,
+        timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
+        max_per_key=config.queue.max_connections_per_user,
+        idle_timeout=config.queue.connection_idle_timeout,
+    )
+
+
 @dataclass
 class Session:
     """One logged-in upstream connection."""
 
     client: aiosmtplib.SMTP
     where: str
+    generation: int = 0  # of the pool's settings it was opened with; older: not reused
     opened: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     messages: int = 0
@@ -59,29 +82,32 @@ class _UserSlots:
 class UpstreamPool:
     """Logged-in sessions per pool key (user, provider, credentials); idle ones are reused."""
 
-    def __init__(
-        self,
-        *,
-        local_hostname: str,
-        timeouts: UpstreamTimeouts,
-        tls: TlsContexts,
-        max_per_key: int,
-        idle_timeout: float,
-    ) -> None:
-        self._local_hostname = local_hostname
-        self._timeouts = timeouts
+    def __init__(self, settings: PoolSettings, tls: TlsContexts) -> None:
+        self.settings = settings
         self.tls = tls
-        self._max_per_key = max_per_key
-        self.idle_timeout = idle_timeout
+        self._generation = 0
         self._slots: dict[str, _UserSlots] = {}
         self.connections_opened = 0
+
+    async def start_afresh(self, settings: PoolSettings) -> None:
+        """After a reload: new sessions use settings; those opened before are not reused."""
+        # A provider's host, port or CA may have changed, and a pooled session would keep
+        # using the old ones for as long as it stays busy. Sending now finishes on its session,
+        # which _use then closes; a user may briefly have max_per_key sessions of each kind.
+        self.settings = settings
+        self._generation += 1
+        old, self._slots = self._slots, {}
+        await _close_idle_sessions(old.values())
 
     async def send(
         self, key: str, account: UpstreamAccount, sender: str, recipients: list[str], data: bytes
     ) -> SendOutcome:
         """Send one message over a pooled or fresh session; raise UpstreamError for the whole."""
         started = time.monotonic()
-        slots = self._slots.setdefault(key, _UserSlots(asyncio.Semaphore(self._max_per_key)))
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = _UserSlots(asyncio.Semaphore(self.settings.max_per_key))
+            self._slots[key] = slots
         async with slots.limit:
             outcome = None
             session = await self._reusable(slots)
@@ -115,7 +141,10 @@ class UpstreamPool:
             raise
         session.last_used = time.monotonic()
         session.messages += 1
-        slots.idle.append(session)
+        if session.generation == self._generation:
+            slots.idle.append(session)
+        else:
+            await close_session(session)
         return outcome
 
     async def _reusable(self, slots: _UserSlots) -> Session | None:
@@ -125,7 +154,8 @@ class UpstreamPool:
             # A finished DATA already resets the transaction (RFC 5321 §4.1.1.4), so a session
             # used a moment ago goes straight to MAIL; a break there is caught before anything is
             # handed over (BrokenIdleSession). Longer-idle sessions are probed with RSET first.
-            if idle < FRESH_SESSION or (idle < self.idle_timeout and await _reset(session)):
+            fresh = idle < FRESH_SESSION
+            if fresh or (idle < self.settings.idle_timeout and await _reset(session)):
                 return session
             await close_session(session)
         return None
@@ -136,11 +166,11 @@ class UpstreamPool:
         client = smtp_client(
             endpoint,
             self.tls.for_ca_file(account.ca_file),
-            local_hostname=self._local_hostname,
-            timeout=self._timeouts.command,
+            local_hostname=self.settings.local_hostname,
+            timeout=self.settings.timeouts.command,
         )
         try:
-            await client.connect(timeout=self._timeouts.connect)
+            await client.connect(timeout=self.settings.timeouts.connect)
             await smtp_login(client, account.username, account.secret, bearer=account.bearer)
         except aiosmtplib.SMTPAuthenticationError as error:
             client.close()
@@ -150,23 +180,27 @@ class UpstreamPool:
             raise upstream_error(error, where) from None
         self.connections_opened += 1
         logger.debug("upstream.connected where=%s user=%s", where, account.username)
-        return Session(client, where)
+        return Session(client, where, self._generation)
 
     async def close_idle(self) -> None:
         """Close sessions idle longer than the idle timeout."""
         now = time.monotonic()
         for slots in self._slots.values():
-            stale = [s for s in slots.idle if now - s.last_used >= self.idle_timeout]
+            stale = [s for s in slots.idle if now - s.last_used >= self.settings.idle_timeout]
             slots.idle[:] = [s for s in slots.idle if s not in stale]
             for session in stale:
                 await close_session(session)
 
     async def close_all(self) -> None:
         """Close every idle session (sessions in use close when their send ends)."""
-        for slots in self._slots.values():
-            idle, slots.idle[:] = list(slots.idle), []
-            for session in idle:
-                await close_session(session)
+        await _close_idle_sessions(self._slots.values())
+
+
+async def _close_idle_sessions(all_slots: Iterable[_UserSlots]) -> None:
+    for slots in all_slots:
+        idle, slots.idle[:] = list(slots.idle), []
+        for session in idle:
+            await close_session(session)
 
 
 def smtp_client(
