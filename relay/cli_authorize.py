@@ -83,6 +83,8 @@ def cmd_user_authorize(args: argparse.Namespace) -> int:
     print(f"user {user.login}: authorized; scopes granted: {' '.join(grant.scopes) or '-'}")
     if due:
         print(f"user {user.login}: {due} queued message(s) due now")
+    # The provider checked who signed in, not that it is the mailbox relay logs in as.
+    print(f"Check that {user.upstream_user} can log in and send with it: relay check {user.login}")
     return 0
 
 

@@ -141,6 +141,7 @@ def test_an_authorized_user_sends_with_xoauth2_and_the_sent_copy_is_filed_with_i
     assert "needs-authorize" in setup.cli("user", "list").out
     output = authorize(setup)
     assert "user alice: authorized; scopes granted: mail offline_access" in output
+    assert "relay check alice" in output
     assert "relay user authorize alice --device" in output  # the provider has a device flow
     exchange = next(
         r for r in oauth_server.token_requests if r["grant_type"] == "authorization_code"
