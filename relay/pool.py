@@ -188,8 +188,7 @@ class UpstreamPool:
         for slots in self._slots.values():
             stale = [s for s in slots.idle if now - s.last_used >= self.settings.idle_timeout]
             slots.idle[:] = [s for s in slots.idle if s not in stale]
-            for session in stale:
-                await close_session(session)
+            await _close_sessions(stale)
 
     async def close_all(self) -> None:
         """Close every idle session (sessions in use close when their send ends)."""
@@ -201,8 +200,13 @@ async def _close_idle_sessions(all_slots: Iterable[_UserSlots]) -> None:
     for slots in all_slots:
         idle.extend(slots.idle)
         slots.idle.clear()
-    # Together: one server slow to answer QUIT must not hold up the reload or the shutdown.
-    await asyncio.gather(*(close_session(session) for session in idle))
+    await _close_sessions(idle)
+
+
+async def _close_sessions(sessions: Iterable[Session]) -> None:
+    # Together: one server slow to answer QUIT must not hold up the others, a reload, a
+    # shutdown or the queue runner's tick.
+    await asyncio.gather(*(close_session(session) for session in sessions))
 
 
 def smtp_client(
