@@ -16,24 +16,26 @@ from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
-from relay.config import ListenerConfig, RelayConfig
-from relay.configfile import load_config
-from relay.configoauth import OAuthSettings
-from relay.credentials import open_credentials
-from relay.delivery import TlsContexts
+from relay.config.load import load_config
+from relay.config.model import ListenerConfig, OAuthSettings, RelayConfig
 from relay.errors import ConfigError, StoreError
-from relay.keys import key_path, load_key
-from relay.localauth import LocalVerifier
-from relay.logs import configure_logging
-from relay.metrics import MetricsServer
-from relay.ops import DaemonStatus, Ops, remove_status, write_status
-from relay.pool import UpstreamPool, pool_settings
-from relay.runner import QueueRunner
-from relay.server import RelayHandler, RelaySMTP, Services
-from relay.sessions import SessionTracker
-from relay.spool import Spool
-from relay.store import Store, UpstreamAuth
-from relay.tokens import keep_grants_alive
+from relay.listener.handler import RelayHandler, Services
+from relay.listener.protocol import RelaySMTP
+from relay.listener.tracker import SessionTracker
+from relay.model import UpstreamAuth
+from relay.oauth.tokens import keep_grants_alive
+from relay.ops.channels import Ops
+from relay.ops.logs import configure_logging
+from relay.ops.metrics import MetricsServer
+from relay.ops.status import DaemonStatus, remove_status, write_status
+from relay.queue.runner import QueueRunner
+from relay.queue.spool import Spool
+from relay.state.keys import key_path, load_key
+from relay.state.localauth import LocalVerifier
+from relay.state.store import Store
+from relay.tls import TlsContexts
+from relay.upstream.credentials import open_credentials
+from relay.upstream.pool import UpstreamPool, pool_settings
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +201,8 @@ class Daemon:
                 tls_context=tls,
                 require_starttls=tls is not None,
                 auth_required=True,
-                # Plaintext AUTH is safe only where it never leaves the machine; config.py
-                # refuses a non-loopback listener without a certificate.
+                # Plaintext AUTH is safe only where it never leaves the machine; the config
+                # loader refuses a non-loopback listener without a certificate.
                 auth_require_tls=not loopback,
                 timeout=IDLE_CLIENT_TIMEOUT,
                 loop=loop,

@@ -9,7 +9,7 @@ import email.utils
 import re
 from dataclasses import dataclass
 
-from relay.store import User
+from relay.model import User
 
 CRLF = b"\r\n"
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from relay.errors import PolicyRejection
-from relay.providers import mailbox_key
-from relay.store import User
+from relay.model import User
+from relay.providers.presets import mailbox_key
 
 Refusal = PolicyRejection | None
 

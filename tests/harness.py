@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from relay.configfile import load_config
+from relay.config.load import load_config
 from relay.daemon import Daemon, open_services
 
 LISTENING = re.compile(r"relay\.listening address=(\S+) port=(\d+)")

@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from relay.authorize import LoopbackRedirect
 from relay.errors import OAuthError
+from relay.oauth.flows import LoopbackRedirect
 
 
 async def visit(url: str) -> tuple[int, str]:

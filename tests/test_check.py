@@ -19,11 +19,12 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from relay.checkreport import STAGES, Certificate
-from relay.hintrule import HintRule
-from relay.hints import RULES
-from relay.imapwire import quoted
-from relay.providers import PRESETS
+from relay.check.certificate import Certificate
+from relay.check.report import STAGES
+from relay.providers.hintrule import HintRule
+from relay.providers.hints import RULES
+from relay.providers.presets import PRESETS
+from relay.sent.imapwire import quoted
 from tests.harness import CliResult, RelaySetup, running_daemon, write_config
 from tests.peers.mailpeers import MailPeers
 from tests.test_sent import without_default_folders

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from relay import cli_users
-from relay.cli import main
-from relay.keys import load_key
-from relay.localauth import verify_stored_hash
-from relay.store import UPSTREAM_CREDENTIAL, Store, secret_context
+from relay.cli import users as cli_users
+from relay.cli.command import main
+from relay.state.keys import load_key
+from relay.state.localauth import verify_stored_hash
+from relay.state.store import UPSTREAM_CREDENTIAL, Store, secret_context
 from tests.harness import RelaySetup, write_config
 
 LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}

@@ -9,23 +9,23 @@ from types import MappingProxyType
 import pytest
 import yaml
 
-from relay.config import (
-    LimitsConfig,
-    ListenerConfig,
-    LoggingConfig,
-    MetricsConfig,
-    UpstreamConfig,
-)
-from relay.configfile import (
+from relay.config.load import (
     DEFAULT_CONFIG_PATH,
     config_path_from,
     load_config,
     parse_config,
     render_config,
 )
+from relay.config.model import (
+    LimitsConfig,
+    ListenerConfig,
+    LoggingConfig,
+    MetricsConfig,
+    UpstreamConfig,
+)
 from relay.errors import ConfigError
-from relay.providers import PRESETS, Endpoint, SentCopy, TlsMode
-from relay.sent import SentCopyPlan, plan_sent_copy
+from relay.providers.presets import PRESETS, Endpoint, SentCopy, TlsMode
+from relay.sent.filing import SentCopyPlan, plan_sent_copy
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 LAB = "  lab:\n    smtp: {host: mail.example.org, port: 587, tls: starttls}\n"

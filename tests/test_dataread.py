@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay.dataread import DataBudget, DataProblem, DataReader, read_data
+from relay.listener.dataread import DataBudget, DataProblem, DataReader, read_data
 from tests.harness import running_daemon, write_config
 from tests.rawsmtp import RawClient
 from tests.test_queue import eventually, relay_and_upstream, send

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.delivery import refusal_reply
+from relay.upstream.replies import refusal_reply
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,8 @@ import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from relay.config import (
+from relay.config.load import load_config, parse_config, render_config
+from relay.config.model import (
     LimitsConfig,
     ListenerConfig,
     LoggingConfig,
@@ -35,10 +36,9 @@ from relay.config import (
     RelayConfig,
     UpstreamConfig,
 )
-from relay.configfile import load_config, parse_config, render_config
-from relay.configread import FILE_PROBLEM
+from relay.config.reader import FILE_PROBLEM
 from relay.errors import ConfigError
-from relay.providers import PRESETS, Endpoint
+from relay.providers.presets import PRESETS, Endpoint
 from tests.rawsmtp import (
     Relay,
     Template,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from relay.delivery import auth_error, reply_error, upstream_error
 from relay.errors import REPLY_LINE_BYTES, PermanentFailure
-from relay.hintrule import HintRule
-from relay.hints import RULES, find_rule, hint_for, preset_for_host
+from relay.providers.hintrule import HintRule
+from relay.providers.hints import RULES, find_rule, hint_for, preset_for_host
+from relay.upstream.replies import auth_error, reply_error, upstream_error
 
 BY_KEY = {rule.key: rule for rule in RULES}
 

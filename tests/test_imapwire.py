@@ -7,7 +7,7 @@ import imaplib
 import pytest
 
 from relay.errors import SentCopyRetry
-from relay.imapwire import (
+from relay.sent.imapwire import (
     decode_mailbox,
     encode_mailbox,
     error_reply,

@@ -23,10 +23,10 @@ import pytest_asyncio
 import trustme
 import yaml
 
-from relay.configfile import load_config, parse_config
+from relay.config.load import load_config, parse_config
 from relay.errors import ConfigError
 from relay.message import field_name, prepare, split_header
-from relay.store import User
+from relay.model import User
 from tests.harness import RelaySetup
 from tests.rawsmtp import (
     READ_TIMEOUT,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from relay.errors import MasterKeyError
-from relay.keys import MasterKey, Secret, create_key_file, key_path, load_key
+from relay.model import Secret
+from relay.state.keys import MasterKey, create_key_file, key_path, load_key
 
 
 def test_created_key_file_is_32_bytes_and_readable_only_by_owner(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 import trustme
 
 from relay.daemon import Daemon
+from relay.listener.throttle import FailureCounter, SendCounter
 from relay.policy import auth_delay
-from relay.throttle import FailureCounter, SendCounter
 from tests.harness import running_daemon, write_config
 from tests.test_server import MESSAGE, provider_for
 from tests.upstream import Upstream, recording_upstream

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from relay.keys import Secret
-from relay.localauth import (
+from relay.model import Secret
+from relay.state.localauth import (
     LocalVerifier,
     generate_local_secret,
     hash_chosen_secret,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.keys import Secret
-from relay.logs import RedactingFilter, configure_logging, parse_fields, syslog_priority
+from relay.model import Secret
+from relay.ops.logs import RedactingFilter, configure_logging, parse_fields, syslog_priority
 
 SECRET = "Zq8vN2pLx4RtYw9Kc3Hm7Bd5Fs1Gj6Ua"
 APP_PASSWORD = "abcd efgh ijkl mnop"

@@ -7,7 +7,7 @@ import email.policy
 from dataclasses import replace
 
 from relay.message import prepare
-from relay.store import User
+from relay.model import User
 
 ALICE = User(
     login="alice",

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
 
-from relay.metrics import Metrics, MetricsServer, reply_class
+from relay.ops.metrics import Metrics, MetricsServer, reply_class
 
 
 @pytest_asyncio.fixture

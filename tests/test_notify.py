@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.notify import SystemdNotifier
+from relay.ops.notify import SystemdNotifier
 
 
 @pytest.fixture

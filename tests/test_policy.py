@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from relay.model import User
 from relay.policy import (
     effective_recipient_limit,
     login_refusal,
     recipient_count_refusal,
     sender_refusal,
 )
-from relay.store import User
 
 ALICE = User(
     login="alice",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.providers import (
+from relay.providers.presets import (
     PRESETS,
     Endpoint,
     TlsMode,

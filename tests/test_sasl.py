@@ -17,8 +17,8 @@ import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult
 
-from relay.keys import Secret
-from relay.sasl import BearerMechanism, bearer_mechanism, smtp_bearer_login
+from relay.model import Secret
+from relay.upstream.sasl import BearerMechanism, bearer_mechanism, smtp_bearer_login
 
 TOKEN = "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg=="
 

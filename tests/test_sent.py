@@ -18,15 +18,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from relay.config import ProviderConfig
-from relay.configfile import parse_config
-from relay.delivery import TlsContexts
+from relay.config.load import parse_config
+from relay.config.model import ProviderConfig
 from relay.errors import SentCopyError, SentCopyRetry
-from relay.imap import ImapAccount
-from relay.imapwire import Mailbox, encode_mailbox, parse_list, quoted
-from relay.keys import Secret
-from relay.providers import Endpoint, SentCopy, TlsMode
-from relay.sent import (
+from relay.model import Secret
+from relay.providers.presets import Endpoint, SentCopy, TlsMode
+from relay.sent.filing import (
     FolderSource,
     SentCopyPlan,
     SentCopyResult,
@@ -35,6 +32,9 @@ from relay.sent import (
     plan_sent_copy,
     retry_plan,
 )
+from relay.sent.imap import ImapAccount
+from relay.sent.imapwire import Mailbox, encode_mailbox, parse_list, quoted
+from relay.tls import TlsContexts
 from tests.peers.mailpeers import MailPeers
 
 SENT_AT = 1_700_000_000  # 2023-11-14 22:13:20 UTC, whole seconds as INTERNALDATE keeps them

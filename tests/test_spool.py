@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay.configfile import load_config
+from relay.config.load import load_config
 from relay.errors import StoreError
-from relay.spooldb import SCHEMA_VERSION, open_database
-from relay.spoolsql import delete_message, insert_batch, record_attempt, select_data
-from relay.spooltypes import AttemptRecord, NewMessage
+from relay.queue.records import AttemptRecord, NewMessage
+from relay.queue.schema import SCHEMA_VERSION, open_database
+from relay.queue.spool import Spool
+from relay.queue.statements import select_data
 from tests.harness import running_daemon, write_config
 from tests.test_queue import eventually
 from tests.test_server import provider_for
@@ -138,32 +139,36 @@ def test_a_spool_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [2_000, 3 * 2**20 + 7])
-def test_data_of_any_size_reads_back_as_written_and_goes_with_its_message(
+async def test_data_of_any_size_reads_back_as_written_and_goes_with_its_message(
     tmp_path: Path, size: int
 ) -> None:
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    spool = Spool.open(tmp_path / "spool.sqlite")
+    try:
+        assert await spool.enqueue(message("a" * 16, data), 0.0) == "a" * 16
+        assert await spool.read_data("a" * 16) == data
+        await spool.remove("a" * 16)
+        assert await spool.read_data("a" * 16) is None
+    finally:
+        spool.close()
     db = open_database(tmp_path / "spool.sqlite")
     try:
-        assert insert_batch(db, [(message("a" * 16, data), 0.0)]) == ["a" * 16]
-        assert select_data(db, "a" * 16) == data
-        assert delete_message(db, "a" * 16)
-        assert select_data(db, "a" * 16) is None
         assert db.execute("SELECT count(*) FROM bodies").fetchone()[0] == 0
     finally:
         db.close()
 
 
-def test_a_deferred_attempt_keeps_the_data_for_the_retry(tmp_path: Path) -> None:
-    db = open_database(tmp_path / "spool.sqlite")
+async def test_a_deferred_attempt_keeps_the_data_for_the_retry(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path / "spool.sqlite")
     try:
-        insert_batch(db, [(message("b" * 16, b"Subject: s\r\n\r\nbody\r\n"), 0.0)])
+        await spool.enqueue(message("b" * 16, b"Subject: s\r\n\r\nbody\r\n"), 0.0)
         deferred = {"bob@example.net": "451 4.3.0 later"}
         attempt = AttemptRecord({}, {}, deferred, "451 4.3.0 later", time.time() + 60)
-        entry = record_attempt(db, "b" * 16, attempt, time.time())
+        entry = await spool.record("b" * 16, attempt)
         assert entry is not None and entry.attempts == 1 and entry.pending == ["bob@example.net"]
-        assert select_data(db, "b" * 16) == b"Subject: s\r\n\r\nbody\r\n"
+        assert await spool.read_data("b" * 16) == b"Subject: s\r\n\r\nbody\r\n"
     finally:
-        db.close()
+        spool.close()
 
 
 def test_a_fresh_message_knows_its_queue_entry_before_any_attempt() -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from relay.errors import StoreError, UnknownUser
-from relay.providers import SentCopy
-from relay.store import SCHEMA_VERSION, CheckRecord, Store, UpstreamAuth, User
+from relay.model import CheckRecord, UpstreamAuth, User
+from relay.providers.presets import SentCopy
+from relay.state.store import SCHEMA_VERSION, Store
 
 ALICE = User(
     login="alice",

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from relay.authorize import sign_in_with_browser, sign_in_with_device
-from relay.configoauth import OAuthSettings
+from relay.config.model import OAuthSettings
 from relay.errors import AuthorizationNeeded, OAuthError, TemporaryFailure
-from relay.keys import MasterKey, Secret
-from relay.oauth import DeviceAuthorization, TokenEndpoint, token_http_client
-from relay.store import Store, UpstreamAuth, User
-from relay.tokens import AccessTokens, keep_grants_alive, refresh_token_context
+from relay.model import Secret, UpstreamAuth, User
+from relay.oauth.client import DeviceAuthorization, TokenEndpoint, token_http_client
+from relay.oauth.flows import sign_in_with_browser, sign_in_with_device
+from relay.oauth.tokens import AccessTokens, keep_grants_alive, refresh_token_context
+from relay.state.keys import MasterKey
+from relay.state.store import Store
 from tests.peers.oauthserver import DEFAULT_SCOPES, AuthorizationServer
 
 ALICE = "alice@example.org"

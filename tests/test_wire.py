@@ -9,7 +9,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from relay.wire import plain_address
+from relay.listener.wire import plain_address
 
 ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
 WEIRD = '.@<>()[]" \t\\,;:'

@@ -1,0 +1,188 @@
+"""relay's configuration: the validated tree of frozen dataclasses, with its defaults."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from relay.config.addresses import is_loopback_address
+from relay.errors import OAuthError
+from relay.model import OAuthClient, Secret
+from relay.providers.presets import Endpoint, SentCopy
+
+DEFAULT_STATE_DIR = Path("/var/lib/relay")
+DEFAULT_KEY_FILE = Path("/etc/relay/relay.key")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+DEFAULT_METRICS_PORT = 9325
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One local SMTP listening socket."""
+
+    address: str = "127.0.0.1"
+    port: int = 2525
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when connections to this address never leave the machine."""
+        return is_loopback_address(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One upstream provider, with any preset already expanded."""
+
+    name: str
+    preset: str | None
+    smtp: Endpoint
+    imap: Endpoint | None
+    ca_file: Path | None
+    sent_copy: SentCopy
+    files_sent_itself: bool
+    domains: tuple[str, ...]
+    max_recipients: int | None
+    sent_folder: str | None
+    oauth2: OAuthSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """relay's own per-message limits."""
+
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 500
+    max_connections_per_ip: int = 100
+    # Networks whose clients max_connections_per_ip does not count, as Postfix exempts
+    # $mynetworks: every local app shares 127.0.0.1.
+    per_ip_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    auth_failure_delay: float = 2.0
+    auth_failure_max_delay: float = 15.0
+    messages_per_minute: int = 0  # 0: no limit of relay's own
+    messages_per_day: int = 0
+    # DATA held in memory by all sessions at once (relay keeps a mail in memory until it is
+    # spooled); past it, 452 4.3.1 and the app retries later.
+    max_data_in_memory: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """How long to wait for providers, in seconds; timeout bounds each SMTP command."""
+
+    connect_timeout: float = 30.0
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """The durable queue: how long the app waits, how retries back off, when mail expires."""
+
+    first_attempt_timeout: float = 10.0
+    min_backoff: float = 300.0
+    max_backoff: float = 3600.0
+    lifetime: float = 5 * 24 * 3600.0
+    delay_warning: float = 0.0
+    per_user_concurrency: int = 1
+    max_connections_per_user: int = 4
+    connection_idle_timeout: float = 60.0
+    duplicate_window: float = 300.0
+    min_free_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """What relay logs, and how: key=value text lines or one JSON object per line."""
+
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus /metrics endpoint; off unless enabled."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this machine can scrape the metrics."""
+        return is_loopback_address(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The whole validated configuration."""
+
+    source: Path
+    listen: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    state_dir: Path = DEFAULT_STATE_DIR
+    key_file: Path = DEFAULT_KEY_FILE
+    hostname: str = field(default_factory=socket.getfqdn)
+    shutdown_grace: float = 30.0
+    limits: LimitsConfig = LimitsConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    queue: QueueConfig = QueueConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    # New users, and users whose upstream password changes, stay disabled until `relay check`
+    # passes for them.
+    enable_after_check: bool = False
+    providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite database inside the state directory."""
+        return self.state_dir / "relay.db"
+
+    @property
+    def spool_path(self) -> Path:
+        """The durable queue's database inside the state directory."""
+        return self.state_dir / "spool.db"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthSettings:
+    """relay's registration at a provider; URLs have the tenant filled in."""
+
+    client_id: str
+    client_secret_file: Path | None
+    tenant: str | None
+    authorize_url: str
+    token_url: str
+    device_url: str | None
+    scopes: tuple[str, ...]
+    redirect_host: str = "127.0.0.1"
+    # From the preset, not a file key: what the provider needs to hand out a refresh token.
+    authorize_params: tuple[tuple[str, str], ...] = ()
+
+    def client(self) -> OAuthClient:
+        """The client for token requests, with the secret read from its file now."""
+        secret = None
+        if self.client_secret_file is not None:
+            try:
+                text = self.client_secret_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as error:
+                why = getattr(error, "strerror", None) or str(error)
+                raise OAuthError(
+                    "client_secret_file", f"cannot read {self.client_secret_file}: {why}"
+                ) from None
+            secret = Secret(text)
+        return OAuthClient(
+            client_id=self.client_id,
+            client_secret=secret,
+            authorize_url=self.authorize_url,
+            token_url=self.token_url,
+            device_url=self.device_url,
+            scopes=self.scopes,
+            authorize_params=self.authorize_params,
+            redirect_host=self.redirect_host,
+        )

@@ -1,0 +1,211 @@
+"""The SMTP listener's policy: local AUTH, envelope checks, and handing DATA to delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import time
+from base64 import b64decode
+from dataclasses import dataclass
+
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+
+from relay.config.model import LimitsConfig, RelayConfig
+from relay.errors import RelayError, smtp_reply
+from relay.listener.protocol import HookTable, RelaySMTP
+from relay.listener.throttle import FailureCounter, SendCounter
+from relay.listener.wire import fit_reply
+from relay.message import prepare
+from relay.model import User
+from relay.ops.channels import Ops
+from relay.policy import (
+    auth_delay,
+    effective_recipient_limit,
+    login_refusal,
+    rate_refusal,
+    recipient_count_refusal,
+    sender_refusal,
+)
+from relay.queue.runner import QueueRunner
+from relay.state.localauth import LocalVerifier
+from relay.state.store import Store
+
+logger = logging.getLogger("relay.server")  # the name shows in log lines: kept from 0.1
+
+LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the listener needs to authenticate and deliver."""
+
+    config: RelayConfig
+    store: Store
+    verifier: LocalVerifier
+    runner: QueueRunner
+    ops: Ops
+
+
+class RelayHandler(HookTable):
+    """aiosmtpd handler hooks: authentication, envelope policy, delivery of DATA."""
+
+    def __init__(self, services: Services) -> None:
+        super().__init__()
+        self.services = services
+        self.failures = FailureCounter()
+        self.sends = SendCounter()
+
+    async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        """RFC 4616 PLAIN, with an initial response or after a 334 challenge."""
+        blob = await _initial_or_challenge(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 cannot split PLAIN credentials")
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
+        """The LOGIN mechanism that old apps and Outlook still use."""
+        login = await _initial_or_challenge(server, args, "User Name\0")
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth("Password\0")
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, login, password)
+
+    async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
+        name = login.decode("utf-8", "replace")
+        keys = (f"ip:{server.peer_address}", f"login:{name}")
+        limits = server.services.config.limits
+        now = time.monotonic()
+        failures = max(self.failures.count(key, now) for key in keys)
+        # Like Dovecot's auth penalty: recent failures slow every further try, in parallel too.
+        delay = auth_delay(failures, limits.auth_failure_delay, limits.auth_failure_max_delay)
+        if delay:
+            await asyncio.sleep(delay)
+        user = server.services.store.find_user(name)
+        secret_ok = user is not None and await server.services.verifier.verify(
+            user.login, user.local_hash, password
+        )
+        refusal = login_refusal(user, secret_ok)
+        if refusal is not None:
+            why = "unknown" if user is None else "disabled" if secret_ok else "bad secret"
+            # An unknown login may be a password typed into the wrong field: never log it.
+            shown = repr(name) if user is not None else f"<unknown, {len(name)} chars>"
+            logger.warning(
+                "auth.failed session=%s login=%s reason=%s", server.session_id, shown, why
+            )
+            server.services.ops.metrics.auth_failed()
+            self._count_failure(keys, server.services.config.limits)
+            return AuthResult(success=False, handled=False, message=refusal.reply)
+        for key in keys:
+            self.failures.forget(key)
+        logger.info("auth.ok session=%s login=%s", server.session_id, name)
+        return AuthResult(success=True, auth_data=user)
+
+    def _count_failure(self, keys: tuple[str, ...], limits: LimitsConfig) -> None:
+        for key in keys:
+            count = self.failures.failed(key, time.monotonic())
+            if count == LOCKOUT_FAILURES:
+                delay = auth_delay(count, limits.auth_failure_delay, limits.auth_failure_max_delay)
+                logger.warning("auth.lockout key=%r failures=%d delay=%.0fs", key, count, delay)
+
+    async def handle_MAIL(  # noqa: N802
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        """Accept only the user's own addresses as envelope sender."""
+        user = _user_of(session)
+        if user.provider not in server.services.config.providers:
+            logger.error("config.missing_provider user=%s provider=%s", user.login, user.provider)
+            return f"451 4.3.5 provider {user.provider!r} of user {user.login!r} is not configured"
+        limits = server.services.config.limits
+        last_minute, last_day = self.sends.counts(user.login, time.time())
+        refusal = sender_refusal(
+            address, user, server.services.config.providers[user.provider].preset
+        ) or rate_refusal(
+            last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
+        )
+        if refusal is not None:
+            logger.warning(
+                "mail.refused session=%s sender=%r reply=%r",
+                server.session_id,
+                address,
+                refusal.reply,
+            )
+            return refusal.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 sender ok"
+
+    async def handle_RCPT(  # noqa: N802
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        """Accept recipients up to the per-message limit."""
+        user = _user_of(session)
+        provider = server.services.config.providers[user.provider]
+        limit = effective_recipient_limit(
+            server.services.config.limits.max_recipients, provider.max_recipients
+        )
+        refusal = recipient_count_refusal(len(envelope.rcpt_tos), limit)
+        if refusal is not None:
+            return refusal.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 recipient ok"
+
+    async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        """Spool the message, try it once while the app waits, and relay the verdict."""
+        user = _user_of(session)
+        if envelope.original_content is None or envelope.mail_from is None:
+            return "503 5.5.1 no mail transaction in progress"
+        prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
+        # The prepared copy is all that is needed from here: free the DATA buffer now.
+        envelope.content = envelope.original_content = None
+        try:
+            reply = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
+        except RelayError as error:
+            reply = smtp_reply(error)
+        if reply.startswith("250"):
+            self.sends.record(user.login, time.time())
+        logger.info(
+            "message.reply session=%s user=%s msg_id=%s rcpts=%d reply=%r",
+            server.session_id,
+            user.login,
+            prepared.message_id,
+            len(envelope.rcpt_tos),
+            reply,
+        )
+        return fit_reply(reply)
+
+
+async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str) -> bytes | None:
+    if len(args) == 1:
+        answer = await server.challenge_auth(prompt)
+        return answer if isinstance(answer, bytes) else None
+    try:
+        return b64decode(args[1], validate=True)
+    except (binascii.Error, ValueError):
+        await server.push("501 5.5.2 cannot decode base64")
+        return None
+
+
+def _user_of(session: Session) -> User:
+    user = session.auth_data
+    if not isinstance(user, User):
+        # aiosmtpd answers 530 to MAIL, RCPT and DATA before AUTH; reaching here is a bug.
+        raise RelayError("session has no authenticated user")
+    return user

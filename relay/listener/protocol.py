@@ -1,0 +1,266 @@
+"""aiosmtpd's SMTP protocol as relay speaks it: every use of aiosmtpd's private names is here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Session
+
+from relay.listener.dataread import DataReader, read_data
+from relay.listener.tracker import peer_address
+from relay.listener.wire import has_control, plain_address, reply_text
+
+if TYPE_CHECKING:
+    from relay.listener.handler import RelayHandler, Services
+    from relay.listener.tracker import SessionTracker
+
+logger = logging.getLogger("relay.server")  # the name shows in log lines: kept from 0.1
+
+COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with a session id, session logging and drain awareness."""
+
+    def __init__(self, handler: RelayHandler, tracker: SessionTracker, **kwargs: Any) -> None:
+        # aiosmtpd keeps command_size_limits on the class: one dict shared by every session,
+        # which each EHLO grows by SIZE's and BODY's allowance. Each session gets its own.
+        self.command_size_limits: defaultdict[str, int] = defaultdict(lambda: COMMAND_SIZE_LIMIT)
+        super().__init__(handler, **kwargs)
+        # aiosmtpd builds two dicts of bound methods for every session, 2.5 KiB of each idle
+        # connection: a table that binds on lookup, and the handler's own hooks, serve them all.
+        self._smtp_methods = Commands(self, VERBS)  # type: ignore[assignment]  # a Mapping will do
+        self._handle_hooks = handler.hooks
+        self.session_id = secrets.token_hex(4)
+        self.tracker = tracker
+        self.opened = time.monotonic()
+        self.refused = False
+        self.held_lines = ""  # the lines of a multiline reply so far
+        # The config a session started with stays its config, even across a reload (SIGHUP).
+        self.services: Services = handler.services
+
+    def __dir__(self) -> list[str]:
+        """Only the names aiosmtpd dispatches on (smtp_*, auth_*)."""
+        # aiosmtpd's __init__ lists dir(self) and getattr()s every name, at every connection,
+        # to find these: two thirds of a session's setup time.
+        return list(DISPATCHED)
+
+    def connection_made(self, transport: Any) -> None:
+        first = self.transport is None
+        if first:
+            refusal = self.tracker.refusal_for(transport)
+            if refusal is not None:
+                self.refused = True
+                logger.warning(
+                    "session.refused peer=%s reply=%r", peer_address(transport), refusal.reply
+                )
+                transport.write(refusal.reply.encode() + b"\r\n")
+                transport.close()
+                return
+        super().connection_made(transport)
+        if first:
+            self.services.ops.metrics.session_opened()
+            self.tracker.add(self)
+            logger.info("session.start session=%s peer=%s", self.session_id, _peer(self.session))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
+        logger.info(
+            "session.end session=%s seconds=%.3f", self.session_id, time.monotonic() - self.opened
+        )
+        self.tracker.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def peer_address(self) -> str:
+        """The client's IP address."""
+        peer = getattr(self.session, "peer", None)
+        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a mail transaction (MAIL given, DATA not finished) is under way."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def push(self, status: str | bytes) -> None:
+        """Send one reply line, with anything but printable ASCII replaced by '?'."""
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        # aiosmtpd echoes client bytes (an unknown verb) into replies: a CR, LF or NUL there
+        # would forge or split reply lines in the client, and non-ASCII makes push() raise.
+        line = reply_text(text)
+        if line[3:4] == "-":
+            # RFC 5321 §4.2.1: "250-" lines continue a reply that its last line ends. Held
+            # back until then, the reply to EHLO takes one write (one send) instead of seven.
+            self.held_lines += line + "\r\n"
+            return
+        held, self.held_lines = self.held_lines, ""
+        await super().push(held + line)
+
+    async def challenge_auth(self, *args: Any, **kwargs: Any) -> Any:
+        """aiosmtpd's 334 challenge, with an over-long answer refused rather than crashing."""
+        try:
+            return await super().challenge_auth(*args, **kwargs)
+        except ValueError:
+            # asyncio's readline() raises once the answer passes the line limit; unhandled, it
+            # becomes a logged traceback and a 500 naming the exception, for any client at will.
+            # What is left of the line cannot be told from the next command: close.
+            await self.push("500 5.5.6 Authentication Exchange line is too long")
+            self.close_now()
+            return MISSING
+
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        if hostname:
+            # A repeated EHLO adds SIZE's and BODY's allowance again: start from the base.
+            self.command_size_limits.clear()
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        if self.tracker.draining:
+            await self.push("421 4.3.2 service shutting down, try again later")
+            self.close_now()
+            return
+        if await self._refused_control(arg, "MAIL"):
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        if await self._refused_control(arg, "RCPT"):
+            return
+        await super().smtp_RCPT(arg)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parser, with the plain <local@domain> form read directly."""
+        # aiosmtpd runs the email header parser, and defines a class, for every MAIL and RCPT.
+        plain = None if self.local_part_limit else plain_address(arg)
+        return plain or super()._getaddr(arg)
+
+    async def _refused_control(self, arg: str | None, verb: str) -> bool:
+        """Refuse a MAIL or RCPT argument holding a control character; True if refused."""
+        if arg is None or not has_control(arg):
+            return False
+        # aiosmtpd's parser would drop a CR from a domain, or keep a NUL in a quoted local
+        # part that the provider connection then refuses: neither may get as far as a queue.
+        if not (await self.check_helo_needed() or await self.check_auth_needed(verb)):
+            await self.push(f"501 5.5.4 control characters are not allowed in {verb} arguments")
+        return True
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        await self._data(arg)
+        if self.tracker.draining:
+            self.close_idle()
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the data read in pieces (relay.dataread) rather than by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if self.envelope is None or not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self.data_size_limit, self.tracker.data_budget)
+        try:
+            try:
+                await read_data(self._reader, reader)
+            except asyncio.CancelledError:
+                self._writer.close()  # the connection was lost during DATA
+                raise
+            if reader.problem is not None:
+                self.envelope = self._create_envelope()
+                await self.push(reader.problem.value)
+                return
+            self.envelope.content = self.envelope.original_content = reader.content()
+            status = await self._call_handler_hook("DATA")
+        finally:
+            reader.release()
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
+
+    def close_idle(self) -> None:
+        """Say goodbye to a client that is between transactions (used when draining)."""
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.in_transaction:
+            self.transport.write(b"421 4.3.2 service shutting down, try again later\r\n")
+            self.close_now()
+
+    def close_now(self) -> None:
+        """Close the client connection."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+# What aiosmtpd looks for on a session: smtp_<VERB> commands and auth_<MECHANISM> methods.
+DISPATCHED = tuple(name for name in dir(RelaySMTP) if name.startswith(("smtp_", "auth_")))
+
+
+VERBS = frozenset(name[len("smtp_") :] for name in DISPATCHED if name.startswith("smtp_"))
+
+
+def _peer(session: Session | None) -> str:
+    peer = getattr(session, "peer", None)
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+class Commands(Mapping[str, Callable[[str], Awaitable[None]]]):
+    """A session's smtp_<VERB> methods by verb, bound when looked up."""
+
+    __slots__ = ("_session", "_verbs")
+
+    def __init__(self, session: RelaySMTP, verbs: frozenset[str]) -> None:
+        self._session = session
+        self._verbs = verbs
+
+    def __getitem__(self, verb: str) -> Callable[[str], Awaitable[None]]:
+        if verb not in self._verbs:
+            raise KeyError(verb)
+        method: Callable[[str], Awaitable[None]] = getattr(self._session, "smtp_" + verb)
+        return method
+
+    def get(  # type: ignore[override]  # Mapping.get's overloads, in the one form aiosmtpd uses
+        self, verb: str, default: None = None
+    ) -> Callable[[str], Awaitable[None]] | None:
+        """The method for verb, or None; called for every command line."""
+        return getattr(self._session, "smtp_" + verb) if verb in self._verbs else default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._verbs))
+
+    def __len__(self) -> int:
+        return len(self._verbs)
+
+
+class HookTable:
+    """A handler whose handle_<VERB> hooks aiosmtpd finds without scanning it per session."""
+
+    # What aiosmtpd looks for on a handler: handle_<VERB> hooks and auth_<MECHANISM> methods.
+    hook_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls.hook_names = tuple(
+            name for kind in cls.__mro__ for name in vars(kind) if name.startswith(HOOK_PREFIXES)
+        )
+
+    def __init__(self) -> None:
+        # aiosmtpd's hook table (handle_<VERB> by verb), built once for every session to share.
+        self.hooks: dict[str, Callable[..., Any]] = {
+            name[len("handle_") :]: getattr(self, name)
+            for name in self.hook_names
+            if name.startswith("handle_")
+        }
+
+    def __dir__(self) -> list[str]:
+        """Only the names aiosmtpd looks up on a handler (handle_*, auth_*)."""
+        # As RelaySMTP.__dir__: aiosmtpd scans the handler the same way for every session.
+        return list(self.hook_names)
+
+
+HOOK_PREFIXES = ("handle_", "auth_")

@@ -1,0 +1,99 @@
+"""The spool's records: a message to commit, a queued entry, an attempt's outcome, figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from relay.queue.sentjobs import SentJobSpec
+
+
+class RecipientState(Enum):
+    """Where one recipient of a queued message stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to commit to the spool."""
+
+    id: str
+    login: str
+    sender: str
+    message_id: str
+    recipients: tuple[str, ...]
+    upstream_data: bytes
+    body_offset: int  # where the body starts in upstream_data; the Sent copy shares it
+    sent_header: bytes
+    received_at: float
+    is_bounce: bool = False
+    fingerprint: str | None = None  # set when duplicate submissions should be recognised
+
+    def entry(self) -> QueueEntry:
+        """The queue entry this message has once committed, before any attempt."""
+        return QueueEntry(
+            id=self.id,
+            login=self.login,
+            sender=self.sender,
+            message_id=self.message_id,
+            received_at=self.received_at,
+            next_attempt=self.received_at,
+            attempts=0,
+            last_reply="",
+            is_bounce=self.is_bounce,
+            warned=False,
+            recipients=dict.fromkeys(self.recipients, (RecipientState.PENDING, "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One queued message's envelope and state, without its data."""
+
+    id: str
+    login: str
+    sender: str
+    message_id: str
+    received_at: float
+    next_attempt: float
+    attempts: int
+    last_reply: str
+    is_bounce: bool
+    warned: bool
+    recipients: dict[str, tuple[RecipientState, str]] = field(default_factory=dict)
+    removed: bool = False  # delivered to everyone and already deleted from the spool
+
+    @property
+    def pending(self) -> list[str]:
+        """Recipients still to be delivered."""
+        return [a for a, (s, _) in self.recipients.items() if s is RecipientState.PENDING]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What one delivery attempt achieved, to be written in one transaction."""
+
+    delivered: dict[str, str]
+    failed: dict[str, str]
+    deferred: dict[str, str]
+    reply: str
+    next_attempt: float
+    sent_job: SentJobSpec | None = None  # filed if this attempt is the first to deliver
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Queue figures for STATUS= lines, gauges and `relay status`."""
+
+    queued: int = 0
+    deferred: int = 0
+    oldest_received: float | None = None
+    sent_copies: int = 0
+    taken: float = 0.0
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest queued message has waited (0 when the queue is empty)."""
+        return 0.0 if self.oldest_received is None else max(0.0, self.taken - self.oldest_received)

@@ -1,0 +1,105 @@
+"""The spool file's schema: creating it, and upgrading a spool written by an older relay."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from relay.errors import StoreError
+from relay.queue.sentjobs import SCHEMA as SENT_JOBS_SCHEMA
+
+SCHEMA_VERSION = 2
+BLOB_CHUNK = 1 << 20  # larger data is written in pieces, so SQLite never holds a second copy
+BODIES_TABLE = """
+CREATE TABLE IF NOT EXISTS bodies (
+    message_seq  INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
+    data         BLOB NOT NULL
+) STRICT
+"""
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    login          TEXT NOT NULL,
+    sender         TEXT NOT NULL,
+    message_id     TEXT NOT NULL,
+    received_at    REAL NOT NULL,
+    next_attempt   REAL NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_reply     TEXT NOT NULL DEFAULT '',
+    is_bounce      INTEGER NOT NULL DEFAULT 0,
+    warned         INTEGER NOT NULL DEFAULT 0,
+    body_offset    INTEGER NOT NULL,
+    sent_header    BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt);
+"""
+    + BODIES_TABLE
+    + """;
+CREATE TABLE IF NOT EXISTS recipients (
+    message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    reply        TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_seq, address)
+) STRICT;
+CREATE TABLE IF NOT EXISTS attempts (
+    message_seq  INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+    at           REAL NOT NULL,
+    reply        TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS user_status (
+    login              TEXT PRIMARY KEY,
+    last_delivered_at  REAL,
+    last_error         TEXT,
+    last_error_at      REAL
+) STRICT;
+CREATE TABLE IF NOT EXISTS accepted (
+    fingerprint  TEXT PRIMARY KEY,
+    id           TEXT NOT NULL,
+    at           REAL NOT NULL
+) STRICT;
+"""
+)
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open the spool database with full durability, creating it 0600."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise StoreError(f"spool {path} has schema {version} (made by a newer relay)")
+        if version == 1:
+            _move_data_to_bodies(db)
+        db.executescript(SCHEMA)
+        db.executescript(SENT_JOBS_SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open spool {path}: {error}") from None
+    return db
+
+
+def _move_data_to_bodies(db: sqlite3.Connection) -> None:
+    """Schema 1 to 2: move each queued message's data out of `messages`, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] != 1:
+            db.execute("COMMIT")  # another relay process upgraded it while this one waited
+            return
+        db.execute(BODIES_TABLE)
+        db.execute("INSERT INTO bodies (message_seq, data) SELECT seq, upstream_data FROM messages")
+        db.execute("ALTER TABLE messages DROP COLUMN upstream_data")
+        db.execute("PRAGMA user_version = 2")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

@@ -1,0 +1,187 @@
+"""The durable queue: every accepted message is committed here before the app hears 250.
+
+SQLite in WAL mode with synchronous=FULL: a commit returns only after the write-ahead log is
+fsynced, so a crash at any instant keeps every message whose commit returned. One file holds
+envelope, state and data together, so there is no window where a message file exists without
+its envelope (or the reverse), and concurrent enqueues share one fsync (group commit). The data
+has a table of its own: updating a message's state then never rewrites its body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import cast
+
+from relay.errors import StoreError
+from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
+from relay.queue.schema import open_database
+from relay.queue.sentjobs import (
+    SentJob,
+    count_jobs,
+    delete_job,
+    record_job_failure,
+    select_due_jobs,
+    select_job,
+)
+from relay.queue.statements import (
+    R,
+    Write,
+    apply_attempt,
+    delete_accepted_before,
+    delete_message,
+    insert_message,
+    make_due,
+    postpone_user,
+    run_batch,
+    select_data,
+    select_deferred_logins,
+    select_due,
+    select_entries,
+    select_sent_header,
+    select_stats,
+    set_warned,
+)
+
+
+def fingerprint(login: str, message_id: str, sender: str, recipients: Iterable[str]) -> str:
+    """What makes two submissions the same mail sent twice by a retrying app."""
+    key = "\0".join([login, message_id, sender.lower(), *sorted(r.lower() for r in recipients)])
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Spool:
+    """The queue database; every call runs on one writer thread that owns the connection."""
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+        self.path = path
+        self._executor = executor
+        self._db = db
+        self._pending: list[tuple[Write[object], asyncio.Future[object]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, path: Path) -> Spool:
+        """Open (creating, 0600) the spool database."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        db = executor.submit(open_database, path).result()
+        return cls(path, executor, db)
+
+    def close(self) -> None:
+        """Close the database; waits for the writer thread."""
+        self._executor.submit(self._db.close).result()
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, function: Callable[..., R], *args: object) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    async def enqueue(self, message: NewMessage, window: float) -> str | None:
+        """Commit a message durably; return None if it duplicates one accepted within window."""
+        return await self._commit(partial(insert_message, message=message, window=window))
+
+    async def _commit(self, write: Write[R]) -> R:
+        """Run write in the next group transaction; return its result once that is fsynced."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return cast(R, await future)
+
+    async def _flush(self) -> None:
+        # Group commit: every write (a new message, an attempt's outcome) that arrived while the
+        # previous fsync ran shares the next one, and one trip to the spool's thread.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._run(run_batch, self._db, [write for write, _ in batch])
+            except Exception as error:  # noqa: BLE001  every waiter must hear of a failed commit
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreError(f"spool write failed: {error}"))
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def read_data(self, message_id: str) -> bytes | None:
+        """The upstream bytes of a queued message, or None if it is gone."""
+        return await self._run(select_data, self._db, message_id)
+
+    async def read_sent_header(self, message_id: str) -> bytes | None:
+        """The header block kept for the Sent copy (with Bcc)."""
+        return await self._run(select_sent_header, self._db, message_id)
+
+    async def record(self, message_id: str, attempt: AttemptRecord) -> QueueEntry | None:
+        """Write an attempt's outcome; return the entry as it now stands (None once gone)."""
+        now = time.time()
+        return await self._commit(
+            partial(apply_attempt, message_id=message_id, attempt=attempt, now=now)
+        )
+
+    async def remove(self, message_id: str) -> None:
+        """Delete a message and everything about it."""
+        await self._run(delete_message, self._db, message_id)
+
+    async def mark_warned(self, message_id: str) -> None:
+        """Remember that a delay warning went out for this message."""
+        await self._run(set_warned, self._db, message_id)
+
+    async def entries(self, due_before: float | None = None) -> list[QueueEntry]:
+        """Queued entries in order of acceptance, optionally only those due by a time."""
+        return await self._run(select_entries, self._db, due_before)
+
+    async def due(self, now: float) -> list[tuple[str, str]]:
+        """(id, login) of the queued mail of users with mail due, in order of acceptance."""
+        return await self._run(select_due, self._db, now)
+
+    async def entry(self, message_id: str) -> QueueEntry | None:
+        """One queued entry, or None if it is gone."""
+        entries = await self._run(select_entries, self._db, None, message_id)
+        return entries[0] if entries else None
+
+    async def deferred_logins(self) -> set[str]:
+        """Users with mail that has been tried and is waiting for another try."""
+        return await self._run(select_deferred_logins, self._db)
+
+    async def kick(self, login: str, now: float) -> int:
+        """Make a user's deferred mail due now (their provider answered again)."""
+        return await self._run(make_due, self._db, login, now)
+
+    async def postpone(self, login: str, until: float) -> None:
+        """Move a user's earlier-due mail to `until`, so a down provider is not hammered."""
+        await self._run(postpone_user, self._db, login, until)
+
+    async def stats(self, now: float) -> QueueStats:
+        """Current queue figures."""
+        return await self._run(select_stats, self._db, now)
+
+    async def due_sent_jobs(self, now: float) -> list[str]:
+        """Ids of Sent-copy jobs due now."""
+        return await self._run(select_due_jobs, self._db, now)
+
+    async def sent_job(self, job_id: str) -> SentJob | None:
+        """One Sent-copy job with its data."""
+        return await self._run(select_job, self._db, job_id)
+
+    async def sent_job_failed(self, job_id: str, error: str, next_attempt: float) -> None:
+        """Count a failed Sent copy and schedule the next try."""
+        await self._run(record_job_failure, self._db, job_id, error, next_attempt)
+
+    async def sent_job_done(self, job_id: str) -> None:
+        """Remove a filed (or hopeless) Sent-copy job."""
+        await self._run(delete_job, self._db, job_id)
+
+    async def sent_jobs_pending(self) -> int:
+        """How many Sent copies wait."""
+        return await self._run(count_jobs, self._db)
+
+    async def forget_accepted_before(self, cutoff: float) -> None:
+        """Drop duplicate-detection records older than the window."""
+        await self._run(delete_accepted_before, self._db, cutoff)

@@ -1,0 +1,279 @@
+"""The spool's SQL statements, each a function of an open connection to the spool file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
+from relay.queue.schema import BLOB_CHUNK
+from relay.queue.sentjobs import count_jobs, insert_from_message
+
+R = TypeVar("R")
+Write = Callable[[sqlite3.Connection], R]  # one write of a group transaction
+
+
+def run_batch(db: sqlite3.Connection, writes: list[Write[R]]) -> list[R]:
+    """Run writes in one transaction, all or none; their results in order."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        results = [write(db) for write in writes]
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return results
+
+
+def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
+    """Insert one message inside a transaction the caller holds; None for a duplicate."""
+    if message.fingerprint is not None:
+        cutoff = message.received_at - window
+        db.execute(
+            "DELETE FROM accepted WHERE fingerprint = ? AND at < ?", (message.fingerprint, cutoff)
+        )
+        row = db.execute(
+            "SELECT id FROM accepted WHERE fingerprint = ?", (message.fingerprint,)
+        ).fetchone()
+        if row is not None:
+            return None
+        db.execute(
+            "INSERT INTO accepted (fingerprint, id, at) VALUES (?, ?, ?)",
+            (message.fingerprint, message.id, message.received_at),
+        )
+    cursor = db.execute(
+        "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
+        "is_bounce, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            message.id,
+            message.login,
+            message.sender,
+            message.message_id,
+            message.received_at,
+            message.received_at,
+            int(message.is_bounce),
+            message.body_offset,
+            message.sent_header,
+        ),
+    )
+    seq = cursor.lastrowid
+    db.executemany(
+        "INSERT OR IGNORE INTO recipients (message_seq, address, state) VALUES (?, ?, ?)",
+        [(seq, r, RecipientState.PENDING.value) for r in message.recipients],
+    )
+    _insert_body(db, seq, message.upstream_data)
+    return message.id
+
+
+def _insert_body(db: sqlite3.Connection, seq: int | None, data: bytes) -> None:
+    if len(data) <= BLOB_CHUNK or seq is None:
+        db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, ?)", (seq, data))
+        return
+    # Bound as one value, SQLite would copy all of it first, and again to build the record.
+    db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, zeroblob(?))", (seq, len(data)))
+    view = memoryview(data)
+    with db.blobopen("bodies", "data", seq) as blob:
+        for start in range(0, len(data), BLOB_CHUNK):
+            blob.write(view[start : start + BLOB_CHUNK])
+
+
+def _note_user_status(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
+    login = db.execute("SELECT login FROM messages WHERE seq = ?", (seq,)).fetchone()[0]
+    db.execute("INSERT OR IGNORE INTO user_status (login) VALUES (?)", (login,))
+    if attempt.delivered:
+        db.execute("UPDATE user_status SET last_delivered_at = ? WHERE login = ?", (now, login))
+    if attempt.deferred or attempt.failed:
+        db.execute(
+            "UPDATE user_status SET last_error = ?, last_error_at = ? WHERE login = ?",
+            (attempt.reply, now, login),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    """A user's last delivery and last delivery error."""
+
+    last_delivered_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+def select_user_status(db: sqlite3.Connection) -> dict[str, UserStatus]:
+    """Per user: when mail last went out, and the last provider error."""
+    rows = db.execute(
+        "SELECT login, last_delivered_at, last_error, last_error_at FROM user_status"
+    ).fetchall()
+    return {str(login): UserStatus(*rest) for login, *rest in rows}
+
+
+def select_data(db: sqlite3.Connection, message_id: str) -> bytes | None:
+    """The stored upstream bytes."""
+    row = db.execute(
+        "SELECT data FROM bodies WHERE message_seq = (SELECT seq FROM messages WHERE id = ?)",
+        (message_id,),
+    ).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def select_sent_header(db: sqlite3.Connection, message_id: str) -> bytes | None:
+    """The stored Sent-copy header block."""
+    row = db.execute("SELECT sent_header FROM messages WHERE id = ?", (message_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def apply_attempt(
+    db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
+) -> QueueEntry | None:
+    """Record one attempt's outcome per recipient and the next try, in the caller's transaction."""
+    row = db.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    seq = row[0]
+    first_delivery = (
+        attempt.delivered
+        and not db.execute(
+            "SELECT 1 FROM recipients WHERE message_seq = ? AND state = ?",
+            (seq, RecipientState.DELIVERED.value),
+        ).fetchone()
+    )
+    if first_delivery and attempt.sent_job is not None:
+        # In the same transaction as the delivery, so a crash cannot lose the Sent copy.
+        insert_from_message(db, seq, attempt.sent_job, now)
+    for state, replies in (
+        (RecipientState.DELIVERED, attempt.delivered),
+        (RecipientState.FAILED, attempt.failed),
+        (RecipientState.PENDING, attempt.deferred),
+    ):
+        db.executemany(
+            "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
+            [(state.value, reply, seq, address) for address, reply in replies.items()],
+        )
+    db.execute(
+        "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ? "
+        "WHERE seq = ?",
+        (attempt.reply, attempt.next_attempt, seq),
+    )
+    db.execute(
+        "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
+        (seq, now, attempt.reply),
+    )
+    _note_user_status(db, seq, attempt, now)
+    [entry] = select_entries(db, None, message_id)
+    if all(state is RecipientState.DELIVERED for state, _ in entry.recipients.values()):
+        # Done: deleting in the same transaction saves a second fsync per mail.
+        db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+        entry = replace(entry, removed=True)
+    return entry
+
+
+def select_stats(db: sqlite3.Connection, now: float) -> QueueStats:
+    """Counts of queued and deferred mail, the oldest arrival, pending Sent copies."""
+    queued, deferred, oldest = db.execute(
+        "SELECT count(*), count(*) FILTER (WHERE attempts > 0), min(received_at) FROM messages"
+    ).fetchone()
+    return QueueStats(int(queued), int(deferred), oldest, count_jobs(db), now)
+
+
+def select_due(db: sqlite3.Connection, now: float) -> list[tuple[str, str]]:
+    """(id, login) of every message of each user with a message due, by acceptance order."""
+    # A user's queue is retried together, oldest first, as Postfix retries a destination's
+    # queue: deferred mail keeps its order however the per-message backoff jitter fell.
+    rows = db.execute(
+        "SELECT id, login FROM messages WHERE login IN "
+        "(SELECT login FROM messages WHERE next_attempt <= ?) ORDER BY seq",
+        (now,),
+    ).fetchall()
+    return [(str(i), str(login)) for i, login in rows]
+
+
+def select_deferred_logins(db: sqlite3.Connection) -> set[str]:
+    """Logins with deferred mail."""
+    rows = db.execute("SELECT DISTINCT login FROM messages WHERE attempts > 0").fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def make_due(db: sqlite3.Connection, login: str, now: float) -> int:
+    """Bring a user's later attempts forward to now; how many moved."""
+    return db.execute(
+        "UPDATE messages SET next_attempt = ? WHERE login = ? AND next_attempt > ? "
+        "AND attempts > 0",
+        (now, login, now),
+    ).rowcount
+
+
+def make_id_due(db: sqlite3.Connection, message_id: str, now: float) -> int:
+    """Make one message due now; 1 if it exists, else 0."""
+    return db.execute(
+        "UPDATE messages SET next_attempt = ? WHERE id = ?", (now, message_id)
+    ).rowcount
+
+
+def postpone_user(db: sqlite3.Connection, login: str, until: float) -> None:
+    """Set every earlier next attempt of a user's mail to `until`."""
+    db.execute(
+        "UPDATE messages SET next_attempt = ? WHERE login = ? AND next_attempt < ?",
+        (until, login, until),
+    )
+
+
+def delete_message(db: sqlite3.Connection, message_id: str) -> bool:
+    """Delete one message; whether it existed."""
+    return db.execute("DELETE FROM messages WHERE id = ?", (message_id,)).rowcount > 0
+
+
+def set_warned(db: sqlite3.Connection, message_id: str) -> None:
+    """Flag a message as having had its delay warning."""
+    db.execute("UPDATE messages SET warned = 1 WHERE id = ?", (message_id,))
+
+
+def delete_accepted_before(db: sqlite3.Connection, cutoff: float) -> None:
+    """Forget duplicate-detection fingerprints older than cutoff."""
+    db.execute("DELETE FROM accepted WHERE at < ?", (cutoff,))
+
+
+def select_entries(
+    db: sqlite3.Connection, due_before: float | None, message_id: str | None = None
+) -> list[QueueEntry]:
+    """Entries (all, due ones, or one by id) in order of acceptance, with their recipients."""
+    query = (
+        "SELECT seq, id, login, sender, message_id, received_at, next_attempt, attempts, "
+        "last_reply, is_bounce, warned FROM messages"
+    )
+    where: list[str] = []
+    args: list[object] = []
+    if due_before is not None:
+        where.append("next_attempt <= ?")
+        args.append(due_before)
+    if message_id is not None:
+        where.append("id = ?")
+        args.append(message_id)
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    rows = db.execute(query + " ORDER BY seq", args).fetchall()
+    entries = []
+    for seq, *fields in rows:
+        recipients = {
+            address: (RecipientState(state), reply)
+            for address, state, reply in db.execute(
+                "SELECT address, state, reply FROM recipients WHERE message_seq = ? ORDER BY rowid",
+                (seq,),
+            )
+        }
+        entries.append(
+            QueueEntry(
+                id=fields[0],
+                login=fields[1],
+                sender=fields[2],
+                message_id=fields[3],
+                received_at=fields[4],
+                next_attempt=fields[5],
+                attempts=fields[6],
+                last_reply=fields[7],
+                is_bounce=bool(fields[8]),
+                warned=bool(fields[9]),
+                recipients=recipients,
+            )
+        )
+    return entries

@@ -1,0 +1,283 @@
+"""Upstream SMTP sessions, pooled per user so TLS and AUTH are not paid for every message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import aiosmtplib
+
+from relay.config.model import RelayConfig
+from relay.errors import UpstreamError
+from relay.providers.presets import Endpoint, TlsMode
+from relay.tls import TlsContexts
+from relay.upstream.account import SendOutcome, UpstreamAccount, UpstreamTimeouts
+from relay.upstream.replies import auth_error, one_line, reply_error, upstream_error
+from relay.upstream.sasl import smtp_login
+from relay.upstream.senddata import send_data
+
+logger = logging.getLogger("relay.pool")  # the name shows in log lines: kept from 0.1
+
+SERVICE_CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
+FRESH_SESSION = 2.0  # seconds since its last mail within which a session is reused unprobed
+
+
+class BrokenIdleSession(Exception):
+    """A pooled session failed before the message was handed over: safe to try a fresh one."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """How the pool opens and keeps sessions; a reload may bring new ones."""
+
+    local_hostname: str
+    timeouts: UpstreamTimeouts
+    max_per_key: int
+    idle_timeout: float
+
+
+def pool_settings(config: RelayConfig) -> PoolSettings:
+    """How the daemon's upstream pool opens and keeps sessions."""
+    return PoolSettings(
+        local_hostname=config.hostname,
+        timeouts=UpstreamTimeouts(config.upstream.connect_timeout, config.upstream.timeout),
+        max_per_key=config.queue.max_connections_per_user,
+        idle_timeout=config.queue.connection_idle_timeout,
+    )
+
+
+@dataclass
+class Session:
+    """One logged-in upstream connection."""
+
+    client: aiosmtplib.SMTP
+    where: str
+    generation: int = 0  # of the pool's settings it was opened with; older: not reused
+    opened: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    messages: int = 0
+
+
+@dataclass
+class _UserSlots:
+    limit: asyncio.Semaphore
+    idle: list[Session] = field(default_factory=list)
+
+
+class UpstreamPool:
+    """Logged-in sessions per pool key (user, provider, credentials); idle ones are reused."""
+
+    def __init__(self, settings: PoolSettings, tls: TlsContexts) -> None:
+        self.settings = settings
+        self.tls = tls
+        self._generation = 0
+        self._slots: dict[str, _UserSlots] = {}
+        self.connections_opened = 0
+
+    async def start_afresh(self, settings: PoolSettings) -> None:
+        """After a reload: new sessions use settings; those opened before are not reused."""
+        # A provider's host, port or CA may have changed, and a pooled session would keep
+        # using the old ones for as long as it stays busy. Sending now finishes on its session,
+        # which _use then closes; a user may briefly have max_per_key sessions of each kind.
+        self.settings = settings
+        self._generation += 1
+        old, self._slots = self._slots, {}
+        await _close_idle_sessions(old.values())
+
+    async def send(
+        self, key: str, account: UpstreamAccount, sender: str, recipients: list[str], data: bytes
+    ) -> SendOutcome:
+        """Send one message over a pooled or fresh session; raise UpstreamError for the whole."""
+        started = time.monotonic()
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = _UserSlots(asyncio.Semaphore(self.settings.max_per_key))
+            self._slots[key] = slots
+        async with slots.limit:
+            outcome = None
+            session = await self._reusable(slots)
+            if session is not None:
+                try:
+                    outcome = await self._use(slots, session, sender, recipients, data, reused=True)
+                except BrokenIdleSession:
+                    # Nothing was handed over on the broken session: a fresh try cannot double-send.
+                    logger.info(
+                        "upstream.reconnect where=%s reason=idle session broken", session.where
+                    )
+            if outcome is None:
+                session = await self._open(account)
+                outcome = await self._use(slots, session, sender, recipients, data, reused=False)
+        return replace(outcome, seconds=time.monotonic() - started)
+
+    async def _use(
+        self,
+        slots: _UserSlots,
+        session: Session,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        *,
+        reused: bool,
+    ) -> SendOutcome:
+        try:
+            outcome = await transact(session, sender, recipients, data, reused=reused)
+        except BaseException:
+            await close_session(session)
+            raise
+        session.last_used = time.monotonic()
+        session.messages += 1
+        if session.generation == self._generation:
+            slots.idle.append(session)
+        else:
+            await close_session(session)
+        return outcome
+
+    async def _reusable(self, slots: _UserSlots) -> Session | None:
+        while slots.idle:
+            session = slots.idle.pop()
+            idle = time.monotonic() - session.last_used
+            # A finished DATA already resets the transaction (RFC 5321 §4.1.1.4), so a session
+            # used a moment ago goes straight to MAIL; a break there is caught before anything is
+            # handed over (BrokenIdleSession). Longer-idle sessions are probed with RSET first.
+            fresh = idle < FRESH_SESSION
+            if fresh or (idle < self.settings.idle_timeout and await _reset(session)):
+                return session
+            await close_session(session)
+        return None
+
+    async def _open(self, account: UpstreamAccount) -> Session:
+        endpoint = account.endpoint
+        where = f"{endpoint.host}:{endpoint.port}"
+        client = smtp_client(
+            endpoint,
+            self.tls.for_ca_file(account.ca_file),
+            local_hostname=self.settings.local_hostname,
+            timeout=self.settings.timeouts.command,
+        )
+        try:
+            await client.connect(timeout=self.settings.timeouts.connect)
+            await smtp_login(client, account.username, account.secret, bearer=account.bearer)
+        except aiosmtplib.SMTPAuthenticationError as error:
+            client.close()
+            raise auth_error(error.code, error.message, account.username, where) from None
+        except (aiosmtplib.SMTPException, OSError) as error:
+            client.close()
+            raise upstream_error(error, where) from None
+        self.connections_opened += 1
+        logger.debug("upstream.connected where=%s user=%s", where, account.username)
+        return Session(client, where, self._generation)
+
+    async def close_idle(self) -> None:
+        """Close sessions idle longer than the idle timeout."""
+        now = time.monotonic()
+        for slots in self._slots.values():
+            stale = [s for s in slots.idle if now - s.last_used >= self.settings.idle_timeout]
+            slots.idle[:] = [s for s in slots.idle if s not in stale]
+            await _close_sessions(stale)
+
+    async def close_all(self) -> None:
+        """Close every idle session (sessions in use close when their send ends)."""
+        await _close_idle_sessions(self._slots.values())
+
+
+async def _close_idle_sessions(all_slots: Iterable[_UserSlots]) -> None:
+    idle: list[Session] = []
+    for slots in all_slots:
+        idle.extend(slots.idle)
+        slots.idle.clear()
+    await _close_sessions(idle)
+
+
+async def _close_sessions(sessions: Iterable[Session]) -> None:
+    # Together: one server slow to answer QUIT must not hold up the others, a reload, a
+    # shutdown or the queue runner's tick.
+    await asyncio.gather(*(close_session(session) for session in sessions))
+
+
+def smtp_client(
+    endpoint: Endpoint, context: ssl.SSLContext, *, local_hostname: str, timeout: float
+) -> aiosmtplib.SMTP:
+    """An unconnected client for endpoint: connect() secures it as the endpoint says, or fails."""
+    return aiosmtplib.SMTP(
+        hostname=endpoint.host,
+        port=endpoint.port,
+        use_tls=endpoint.tls is TlsMode.IMPLICIT,
+        # True (not None) makes STARTTLS mandatory: never fall back to plaintext.
+        start_tls=endpoint.tls is TlsMode.STARTTLS,
+        tls_context=context,
+        local_hostname=local_hostname,
+        timeout=timeout,
+    )
+
+
+async def transact(
+    session: Session, sender: str, recipients: list[str], data: bytes, *, reused: bool
+) -> SendOutcome:
+    """One mail transaction: MAIL, RCPT per recipient, DATA; replies sorted per recipient."""
+    client, where = session.client, session.where
+    options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+    try:
+        await client.mail(sender, options=options)
+    except aiosmtplib.SMTPResponseException as error:
+        if reused and error.code == SERVICE_CLOSING:
+            raise BrokenIdleSession from None
+        raise reply_error(error.code, error.message, where) from None
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
+        if reused:
+            raise BrokenIdleSession from None
+        raise upstream_error(error, where) from None
+    try:
+        return await _recipients_and_data(client, where, recipients, data)
+    except UpstreamError:
+        raise
+    except (aiosmtplib.SMTPException, OSError) as error:
+        raise upstream_error(error, where) from None
+
+
+async def _recipients_and_data(
+    client: aiosmtplib.SMTP, where: str, recipients: list[str], data: bytes
+) -> SendOutcome:
+    accepted: list[str] = []
+    deferred: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for recipient in recipients:
+        try:
+            await client.rcpt(recipient)
+            accepted.append(recipient)
+        except aiosmtplib.SMTPRecipientRefused as refusal:
+            reply = f"{refusal.code} {one_line(refusal.message)}"
+            if refusal.code == SERVICE_CLOSING:
+                raise reply_error(refusal.code, refusal.message, where) from None
+            (deferred if 400 <= refusal.code < 500 else failed)[recipient] = reply
+    if not accepted:
+        await client.rset()
+        return SendOutcome(reply="no recipient accepted", deferred=deferred, failed=failed)
+    try:
+        response = await send_data(client, data)
+    except aiosmtplib.SMTPDataError as error:
+        raise reply_error(error.code, error.message, where) from None
+    reply = f"{response.code} {one_line(response.message)}"
+    return SendOutcome(reply, dict.fromkeys(accepted, reply), deferred, failed)
+
+
+async def _reset(session: Session) -> bool:
+    """RSET before reuse: cheap proof the session still works, before any mail is risked."""
+    try:
+        response = await session.client.rset(timeout=10.0)
+    except (aiosmtplib.SMTPException, OSError):
+        return False
+    return response.code == 250
+
+
+async def close_session(session: Session) -> None:
+    """QUIT politely, or just drop the connection if the server is gone."""
+    if not session.client.is_connected:
+        return
+    try:
+        await session.client.quit(timeout=5.0)
+    except (aiosmtplib.SMTPException, OSError):
+        session.client.close()

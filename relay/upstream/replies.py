@@ -1,0 +1,121 @@
+"""What talking to a provider needs: accounts, TLS policy, and reading its replies."""
+
+from __future__ import annotations
+
+import ssl
+
+import aiosmtplib
+
+from relay.errors import (
+    PermanentFailure,
+    PermanentLoginRefusal,
+    TemporaryFailure,
+    TemporaryLoginRefusal,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTlsError,
+    UpstreamUnavailable,
+)
+from relay.providers.hints import hint_for, preset_for_host
+
+_ENHANCED_PREFIXES = ("2.", "4.", "5.")
+# Reply codes that make sense as the answer to DATA (RFC 5321 §4.3.2); others are mapped to 554.
+_DATA_PERMANENT_CODES = {550, 551, 552, 553, 554}
+
+
+def upstream_error(error: BaseException, where: str) -> UpstreamError:
+    """Classify an aiosmtplib or socket error as temporary or permanent, keeping the reply."""
+    tls_problem = _tls_cause(error)
+    if tls_problem is not None:
+        text = f"TLS with {where} failed: {tls_problem}"
+        return UpstreamTlsError(451, "4.7.5", text, provider_hint(where, text))
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        first = error.recipients[0]
+        details = "; ".join(
+            f"<{r.recipient}> {r.code} {one_line(r.message)}" for r in error.recipients
+        )
+        text = f"{where} refused every recipient: {details}"
+        return _from_reply(first.code, first.message, text, where)
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        text = f"{where} said: {error.code} {one_line(error.message)}"
+        return _from_reply(error.code, error.message, text, where)
+    if isinstance(error, TimeoutError):
+        text = f"{where} did not answer in time: {one_line(str(error))}"
+        return UpstreamTimeout(451, "4.4.2", text, provider_hint(where, text))
+    if isinstance(error, aiosmtplib.SMTPNotSupported) or "STARTTLS" in str(error):
+        text = f"{where} does not offer STARTTLS; refusing to send in plaintext"
+        return UpstreamTlsError(451, "4.7.5", text, provider_hint(where, text))
+    text = f"{where} unreachable: {one_line(str(error))}"
+    return UpstreamUnavailable(451, "4.4.1", text, provider_hint(where, text))
+
+
+def reply_error(code: int, message: str, where: str) -> UpstreamError:
+    """The error for a whole-message refusal, keeping the provider's words."""
+    return _from_reply(code, message, f"{where} said: {code} {one_line(message)}", where)
+
+
+def auth_error(code: int, message: str, username: str, where: str) -> UpstreamError:
+    """The error for a refused upstream login."""
+    text = f"login as {username} at {where} failed: {code} {one_line(message)}"
+    hint = provider_hint(where, f"{code} {one_line(message)}")
+    if 400 <= code < 500:
+        return TemporaryLoginRefusal(451, _enhanced(message, "4.7.0"), text, hint)
+    return PermanentLoginRefusal(554, _enhanced(message, "5.7.8"), text, hint)
+
+
+def provider_hint(where: str, words: str) -> str | None:
+    """The hints table's advice for what the server at where (host:port) said, if any."""
+    host = where.rpartition(":")[0] or where
+    hint = hint_for(preset_for_host(host), words)
+    return None if hint is None else hint.text
+
+
+def _from_reply(code: int, message: str, text: str, where: str) -> UpstreamError:
+    hint = provider_hint(where, f"{code} {one_line(message)}")
+    # Only a real 5xx is final; a garbled, endless or out-of-grammar reply is the server's
+    # problem, not the mail's, so it keeps the mail queued.
+    if not 500 <= code < 600:
+        return TemporaryFailure(451, _enhanced(message, "4.0.0"), text, hint)
+    return PermanentFailure(data_reply_code(code), _enhanced(message, "5.0.0"), text, hint)
+
+
+def data_reply_code(code: int) -> int:
+    """A 5xx code that makes sense as the answer to DATA (RFC 5321 §4.3.2); others are 554."""
+    return code if code in _DATA_PERMANENT_CODES else 554
+
+
+def refusal_reply(failed: dict[str, str]) -> str:
+    """The one reply for a message whose every recipient the provider refused for good."""
+    first = next(iter(failed.values()), "550 5.0.0 refused").split(maxsplit=1)
+    code = data_reply_code(int(first[0])) if first and first[0].isdigit() else 550
+    enhanced = _enhanced(first[1] if len(first) > 1 else "", "5.0.0")
+    if not enhanced.startswith("5."):
+        enhanced = "5.0.0"
+    details = "; ".join(f"<{r}> {reply}" for r, reply in failed.items())
+    return f"{code} {enhanced} provider refused every recipient: {details}"
+
+
+def _tls_cause(error: BaseException) -> str | None:
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return (
+                f"certificate not accepted: {current.verify_message}; check the provider's host "
+                "name, or set its ca_file if it uses a private CA"
+            )
+        if isinstance(current, ssl.SSLError):
+            return f"handshake failed: {current.reason or current}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _enhanced(message: str, default: str) -> str:
+    first = message.split(maxsplit=1)[0] if message.split() else ""
+    if first.startswith(_ENHANCED_PREFIXES) and first.count(".") == 2:
+        return first
+    return default
+
+
+def one_line(text: str) -> str:
+    """A provider reply on one printable line, safe to put in our own reply or log."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
