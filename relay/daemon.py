@@ -5,26 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
 import signal
 import socket
 import ssl
-import stat
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass
 
+from relay.config.live import LiveConfig
 from relay.config.load import load_config
 from relay.config.model import ListenerConfig, OAuthSettings, RelayConfig
-from relay.errors import ConfigError, StoreError
+from relay.errors import ConfigError, LibraryMismatch
 from relay.listener.handler import RelayHandler, Services
-from relay.listener.protocol import RelaySMTP
+from relay.listener.protocol import RelaySMTP, aiosmtpd_gaps
 from relay.listener.tracker import SessionTracker
 from relay.model import UpstreamAuth
-from relay.oauth.tokens import keep_grants_alive
+from relay.oauth.tokens import AccessTokens, keep_grants_alive
 from relay.ops.channels import Ops
+from relay.ops.host import (
+    check_private,
+    ensure_open_file_limit,
+    inherited_sockets,
+    listener_for,
+    lock_state_dir,
+)
 from relay.ops.logs import configure_logging
 from relay.ops.metrics import MetricsServer
 from relay.ops.status import DaemonStatus, remove_status, write_status
@@ -33,9 +38,11 @@ from relay.queue.spool import Spool
 from relay.state.keys import key_path, load_key
 from relay.state.localauth import LocalVerifier
 from relay.state.store import Store
+from relay.state.writer import StoreWriter
 from relay.tls import TlsContexts
 from relay.upstream.credentials import open_credentials
 from relay.upstream.pool import UpstreamPool, pool_settings
+from relay.upstream.senddata import aiosmtplib_gaps
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +51,18 @@ IDLE_CLIENT_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: a server should wait at lea
 STATUS_INTERVAL = 5.0  # how often systemd's STATUS= line is refreshed
 
 
-def open_services(
-    config: RelayConfig, environ: Mapping[str, str], ops: Ops | None = None
-) -> Services:
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the daemon is built from: the listener's services, and the parts it stops itself."""
+
+    services: Services
+    pool: UpstreamPool
+    spool: Spool
+    tokens: AccessTokens
+    writer: StoreWriter
+
+
+def open_services(config: RelayConfig, environ: Mapping[str, str], ops: Ops | None = None) -> Parts:
     """Open the store, master key and spool, and build the queue runner on them."""
     ops = ops or Ops.from_environ(environ, metrics=config.metrics.enabled)
     check_private(config.state_dir, config.database_path, config.spool_path)
@@ -55,18 +71,29 @@ def open_services(
     tls = TlsContexts()
     pool = UpstreamPool(pool_settings(config), tls)
     spool = Spool.open(config.spool_path)
+    writer = StoreWriter(config.database_path)
     credentials = open_credentials(
-        config, store, master_key, tls, ops.opened_secret, ops.metrics.oauth_refresh_failed
+        config,
+        store,
+        master_key,
+        tls,
+        ops.opened_secret,
+        ops.metrics.oauth_refresh_failed,
+        writer=writer,
     )
-    runner = QueueRunner(config, store, credentials, spool, pool, ops)
-    return Services(config=config, store=store, verifier=LocalVerifier(), runner=runner, ops=ops)
+    live = LiveConfig(config)
+    runner = QueueRunner(live, store, credentials, spool, pool, ops, writer)
+    services = Services(live=live, store=store, verifier=LocalVerifier(), runner=runner, ops=ops)
+    return Parts(services, pool, spool, credentials.tokens, writer)
 
 
 class Daemon:
     """relay's listeners and their sessions: start() -> serve() -> drain() -> stop()."""
 
-    def __init__(self, services: Services, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, parts: Parts, environ: Mapping[str, str] | None = None) -> None:
+        services = parts.services
         self.services = services
+        self.parts = parts
         self.environ: Mapping[str, str] = environ or {}
         self.tracker = SessionTracker(services.config.limits)
         self.handler = RelayHandler(services)
@@ -91,7 +118,7 @@ class Daemon:
             activated = inherited_sockets(self.environ)
             if activated:
                 for sock in activated:
-                    listener = _listener_for(sock, self.services.config.listen)
+                    listener = listener_for(sock, self.services.config.listen)
                     self._servers.append(await self._bind(listener, sock))
             else:
                 for listener in self.services.config.listen:
@@ -112,8 +139,8 @@ class Daemon:
         # READY=1 only now: listeners accept, store and spool are open (sd_notify(3)).
         ops.notifier.ready(self._status_line())
         self._side_tasks.append(asyncio.create_task(self._report_status()))
-        tokens = self.services.runner.credentials.tokens
-        self._side_tasks.append(asyncio.create_task(keep_grants_alive(tokens, self._oauth_users)))
+        tokens = keep_grants_alive(self.parts.tokens, self._oauth_users)
+        self._side_tasks.append(asyncio.create_task(tokens))
         interval = ops.notifier.watchdog_interval()
         if interval is not None:
             self._side_tasks.append(asyncio.create_task(self._feed_watchdog(interval / 2)))
@@ -168,14 +195,11 @@ class Daemon:
             return
         if config.listen != self.services.config.listen:
             logger.warning("config.reload listen changed: takes effect after a restart")
-        services = replace(self.services, config=config)
-        self.services = services
-        self.handler.services = services
+        self.services.live.current = config
         self.tracker.limits = config.limits
-        self.services.runner.config = config
         # CA files replaced in place are read again, and no session opened with the old
         # settings is reused: a changed host, port or CA takes effect for the next mail.
-        pool = self.services.runner.pool
+        pool = self.parts.pool
         pool.tls.forget()
         await pool.start_afresh(pool_settings(config))
         if self.on_reload is not None:
@@ -268,7 +292,8 @@ class Daemon:
         if self._runner_task is not None:
             self._runner_task.cancel()
             await asyncio.gather(self._runner_task, return_exceptions=True)
-        self.services.runner.spool.close()
+        self.parts.spool.close()
+        self.parts.writer.close()
         self.services.store.close()
         logger.info("relay.stopped")
 
@@ -297,6 +322,8 @@ async def serve_until_signalled(daemon: Daemon) -> None:
 
 def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
     """`relay serve`: logging as configured, then the daemon until a signal stops it."""
+    check_libraries()
+    lock_state_dir(config.state_dir)
     redactor = configure_logging(config.logging.level, config.logging.format, environ)
 
     def relog(new: RelayConfig) -> None:
@@ -315,6 +342,16 @@ def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
     asyncio.run(run())
 
 
+def check_libraries() -> None:
+    """Refuse to run on an aiosmtpd or aiosmtplib without the internals relay relies on."""
+    gaps = aiosmtpd_gaps() + aiosmtplib_gaps()
+    if gaps:
+        raise LibraryMismatch(
+            f"this install lacks {', '.join(gaps)}, which relay relies on: install the "
+            "aiosmtpd and aiosmtplib versions pyproject.toml allows (pip install -e .)"
+        )
+
+
 def _listener_tls(listener: ListenerConfig) -> ssl.SSLContext | None:
     if listener.tls_cert is None or listener.tls_key is None:
         return None
@@ -322,74 +359,3 @@ def _listener_tls(listener: ListenerConfig) -> ssl.SSLContext | None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(listener.tls_cert, listener.tls_key)
     return context
-
-
-SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed socket is file descriptor 3
-
-
-def inherited_sockets(environ: Mapping[str, str]) -> list[socket.socket]:
-    """Listening sockets passed by systemd socket activation (LISTEN_FDS), if meant for us."""
-    try:
-        count = int(environ.get("LISTEN_FDS", "0"))
-        pid = int(environ.get("LISTEN_PID", "0"))
-    except ValueError:
-        return []
-    if count <= 0 or pid != os.getpid():
-        return []
-    return [
-        socket.socket(fileno=fd) for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count)
-    ]
-
-
-def _listener_for(sock: socket.socket, listeners: tuple[ListenerConfig, ...]) -> ListenerConfig:
-    """The configured listener an inherited socket stands for (its TLS and loopback rules)."""
-    address, port = sock.getsockname()[:2]
-    for listener in listeners:
-        if listener.port in (port, 0) and listener.address == address:
-            return listener
-    probe = ListenerConfig(address=address, port=port)
-    if not probe.is_loopback:
-        raise ConfigError(
-            "socket activation",
-            [
-                (
-                    "listen",
-                    f"systemd passed {address}:{port}, which no listener with tls_cert covers",
-                )
-            ],
-        )
-    return probe
-
-
-def check_private(*paths: Path) -> None:
-    """Refuse to start when the state that holds secrets is open to other users."""
-    for path in paths:
-        if not path.exists():
-            continue
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            wanted = "700" if path.is_dir() else "600"
-            raise StoreError(
-                f"{path} is accessible to other users (mode {mode:04o}); "
-                f"it holds sealed secrets and mail: chmod {wanted} {path}"
-            )
-
-
-def ensure_open_file_limit(wanted: int) -> int:
-    """Raise the soft open-file limit towards `wanted` (each client may also hold an upstream)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (OSError, ValueError) as error:
-            logger.warning("relay.nofile_unchanged soft=%d wanted=%d error=%s", soft, wanted, error)
-    if soft < wanted:
-        logger.warning(
-            "relay.nofile_low limit=%d wanted=%d (lower limits.max_connections or raise "
-            "LimitNOFILE=): beyond it new connections fail",
-            soft,
-            wanted,
-        )
-    return soft

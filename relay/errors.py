@@ -6,7 +6,7 @@ import enum
 from collections.abc import Sequence
 from pathlib import Path
 
-REPLY_LINE_BYTES = 510  # RFC 5321 §4.5.3.1.5: 512 octets including the CRLF
+from relay.reply import KEY_PROBLEM, LOCAL_ERROR, Reply
 
 
 class RelayError(Exception):
@@ -20,6 +20,10 @@ class ConfigError(RelayError):
         self.source = str(source)
         self.problems = list(problems)
         super().__init__("\n".join(f"{self.source}: {path}: {why}" for path, why in self.problems))
+
+
+class LibraryMismatch(RelayError):
+    """An installed library lacks an internal relay relies on (see the contract tests)."""
 
 
 class StoreError(RelayError):
@@ -45,12 +49,12 @@ class PolicyRejection(RelayError):
         self.code = code
         self.enhanced = enhanced
         self.text = text
-        super().__init__(self.reply)
+        super().__init__(self.reply.line)
 
     @property
-    def reply(self) -> str:
-        """The SMTP reply line to send to the client."""
-        return f"{self.code} {self.enhanced} {self.text}"
+    def reply(self) -> Reply:
+        """The SMTP reply for the client."""
+        return Reply(self.code, self.enhanced, self.text)
 
 
 class UpstreamError(RelayError):
@@ -61,22 +65,12 @@ class UpstreamError(RelayError):
         self.enhanced = enhanced
         self.text = text
         self.hint = hint
-        super().__init__(self.reply)
+        super().__init__(self.reply.line)
 
     @property
-    def reply(self) -> str:
-        """The SMTP reply line that relays this failure to the client, hint included."""
-        head = f"{self.code} {self.enhanced} "
-        if self.hint is None:
-            return head + self.text
-        tail = f" (hint: {self.hint})"
-        # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF. The listener
-        # cuts longer ones at the end, which would lose the hint, so the provider's words give.
-        room = REPLY_LINE_BYTES - len(head.encode()) - len(tail.encode())
-        text = self.text.encode("utf-8", "replace")
-        if len(text) > room:
-            return head + text[: max(0, room - 3)].decode("utf-8", "ignore") + "..." + tail
-        return head + self.text + tail
+    def reply(self) -> Reply:
+        """The SMTP reply that relays this failure to the client, hint included."""
+        return Reply(self.code, self.enhanced, self.text, self.hint)
 
 
 class TemporaryFailure(UpstreamError):
@@ -175,10 +169,10 @@ class SentCopyError(RelayError):
         return self.retry is SentCopyRetry.SOON
 
 
-def smtp_reply(error: RelayError) -> str:
-    """The one place an error becomes an SMTP reply line."""
+def smtp_reply(error: RelayError) -> Reply:
+    """The one place an error becomes an SMTP reply: a local one's detail stays in the log."""
     if isinstance(error, PolicyRejection | UpstreamError):
         return error.reply
     if isinstance(error, MasterKeyError):
-        return "451 4.3.0 local key problem: a stored upstream secret cannot be opened (see log)"
-    return "451 4.3.0 local error: " + " ".join(str(error).split())
+        return KEY_PROBLEM
+    return LOCAL_ERROR

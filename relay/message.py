@@ -1,5 +1,8 @@
 """Header fix-ups that providers require and old apps forget; the body is never parsed.
 
+Line endings are made CRLF here, once, as the mail arrives: everything downstream (the spool,
+the provider's DATA, the Sent copy, a DSN quoting the header) relies on it and does not check.
+
 The body is copied once, into the upstream bytes: a 10 MB mail must not cost 10 MB per step.
 """
 
@@ -56,8 +59,7 @@ def normalise_line_endings(data: bytes) -> bytes:
 
 
 def wire_pieces(data: bytes) -> list[bytes]:
-    """DATA as it goes on the wire, CRLF.CRLF included, in pieces; no copy of clean data."""
-    data = normalise_line_endings(data)
+    """DATA (CRLF already: see prepare) as it goes on the wire, CRLF.CRLF included, in pieces."""
     pieces = []
     # RFC 5321 §4.5.2: a line that starts with a dot gets a second one.
     if data.startswith(b"."):

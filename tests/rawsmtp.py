@@ -130,7 +130,7 @@ class Relay:
 
     async def queued(self) -> int:
         """How many messages the spool holds."""
-        return (await self.daemon.services.runner.spool.stats(time.time())).queued
+        return (await self.daemon.parts.spool.stats(time.time())).queued
 
     async def client(self, logged_in: bool = True) -> RawClient:
         """A connected raw client; logged in as alice unless told otherwise."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import write_config
+from tests.harness import relay_process, write_config
 
 LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}
 # systemd's side of sd_listen_fds(3): the socket at fd 3, LISTEN_PID naming the service itself.
@@ -92,3 +92,20 @@ def test_the_systemd_unit_rates_well_in_systemd_analyze_security() -> None:
     print(verdict)
     score = float(verdict.split(":")[1].split()[0])
     assert score <= 1.5, done.stdout
+
+
+def test_a_second_relay_serve_on_the_same_state_dir_is_refused_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    setup = write_config(tmp_path / "relay", {})
+    with relay_process(setup) as first:
+        second = subprocess.run(
+            [sys.executable, "-m", "relay", "--config", str(setup.config_path), "serve"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert first.process.poll() is None  # the first one keeps running
+    assert second.returncode == 1
+    assert f"another relay serve (pid {first.process.pid}) is running" in second.stderr

@@ -56,7 +56,7 @@ def test_a_line_of_1001_octets_is_taken_and_one_of_1002_is_refused_with_500(size
     assert taken.problem is None and taken.content() == b"a\r\n" + longest[1:]
     refused = feed_in_pieces(b"a\r\n" + b"y" + longest + b"b\r\n.\r\n", size)
     assert refused.problem is DataProblem.TOO_LONG
-    assert refused.problem.value.startswith("500 ")
+    assert refused.problem.value.code == 500
 
 
 def test_an_endless_line_is_refused_and_the_end_line_after_it_still_ends_the_data() -> None:
@@ -68,7 +68,7 @@ def test_data_over_the_size_limit_is_refused_with_552() -> None:
     reader = DataReader(10, DataBudget(ROOMY))
     assert reader.feed(b"0123456789\r\n.\r\n")
     assert reader.problem is DataProblem.TOO_MUCH
-    assert reader.problem.value.startswith("552 ")
+    assert reader.problem.value.line.startswith("552 5.3.4 ")
 
 
 def test_data_past_the_shared_budget_is_refused_with_452_and_frees_its_share() -> None:
@@ -77,7 +77,7 @@ def test_data_past_the_shared_budget_is_refused_with_452_and_frees_its_share() -
     assert not first.feed(b"x" * 60 + b"\r\n")
     second = feed_in_pieces(b"y" * 60 + b"\r\n.\r\n", 10, budget)
     assert second.problem is DataProblem.NO_ROOM
-    assert second.problem.value.startswith("452 4.3.1 ")
+    assert second.problem.value.line.startswith("452 4.3.1 ")
     assert budget.held == 62
     first.release()
     assert budget.held == 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from relay.errors import REPLY_LINE_BYTES, PermanentFailure
+from relay.errors import PermanentFailure
 from relay.providers.hintrule import HintRule
 from relay.providers.hints import RULES, find_rule, hint_for, preset_for_host
+from relay.reply import REPLY_LINE_BYTES
 from relay.upstream.replies import auth_error, reply_error, upstream_error
 
 BY_KEY = {rule.key: rule for rule in RULES}
@@ -93,27 +94,27 @@ def test_delivery_errors_carry_the_hint_into_the_apps_reply() -> None:
     error = auth_error(code, message, "alice@gmail.com", "smtp.gmail.com:465")
     assert isinstance(error, PermanentFailure)
     assert error.hint == rule.hint.text
-    assert error.reply.startswith("554 5.7.9 login as alice@gmail.com at smtp.gmail.com:465")
-    assert error.reply.endswith(f" (hint: {rule.hint.text})")
+    assert error.reply.line.startswith("554 5.7.9 login as alice@gmail.com at smtp.gmail.com:465")
+    assert error.reply.line.endswith(f" (hint: {rule.hint.text})")
     assert "(hint:" not in error.text
 
 
 def test_a_refusal_without_a_known_hint_reads_as_before() -> None:
     error = reply_error(550, "5.1.1 no such user", "mail.example.org:587")
     assert error.hint is None
-    assert error.reply == "550 5.1.1 mail.example.org:587 said: 550 5.1.1 no such user"
+    assert error.reply.line == "550 5.1.1 mail.example.org:587 said: 550 5.1.1 no such user"
 
 
 def test_a_long_provider_reply_is_cut_so_the_hint_stays_within_512_octets() -> None:
     words = "5.2.0 " + "SendAsDeniedException " * 60
     error = reply_error(554, words, "smtp.office365.com:587")
     assert error.hint == BY_KEY["microsoft-send-as-denied"].hint.text
-    assert len(error.reply.encode()) <= REPLY_LINE_BYTES
-    assert error.reply.endswith(f"... (hint: {error.hint})")
+    assert len(error.reply.line.encode()) <= REPLY_LINE_BYTES
+    assert error.reply.line.endswith(f"... (hint: {error.hint})")
 
 
 def test_connection_errors_get_the_wrong_port_hint() -> None:
     refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 2465)")
     error = upstream_error(refused, "127.0.0.1:2465")
     assert error.hint == BY_KEY["connection-refused"].hint.text
-    assert error.reply.startswith("451 4.4.1 127.0.0.1:2465 unreachable")
+    assert error.reply.line.startswith("451 4.4.1 127.0.0.1:2465 unreachable")

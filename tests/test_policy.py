@@ -31,8 +31,8 @@ def test_own_address_and_alias_are_allowed_senders_in_any_case() -> None:
 def test_foreign_sender_gets_553_listing_allowed_addresses() -> None:
     refusal = sender_refusal("ceo@example.org", ALICE)
     assert refusal is not None
-    assert refusal.reply.startswith("553 5.7.1 ")
-    assert "alice@example.org" in refusal.reply and "sales@example.org" in refusal.reply
+    assert refusal.reply.line.startswith("553 5.7.1 ")
+    assert "alice@example.org" in refusal.reply.line and "sales@example.org" in refusal.reply.line
 
 
 def test_rewrite_from_allows_any_sender() -> None:
@@ -42,12 +42,12 @@ def test_rewrite_from_allows_any_sender() -> None:
 def test_recipient_over_limit_gets_452() -> None:
     assert recipient_count_refusal(1, 2) is None
     refusal = recipient_count_refusal(2, 2)
-    assert refusal is not None and refusal.reply.startswith("452 4.5.3 ")
+    assert refusal is not None and refusal.reply.line.startswith("452 4.5.3 ")
 
 
 def test_disabled_unknown_and_wrong_secret_logins_get_the_same_535() -> None:
     replies = {
-        refusal.reply
+        refusal.reply.line
         for refusal in (
             login_refusal(None, secret_ok=False),
             login_refusal(ALICE, secret_ok=False),

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import pytest
 import trustme
 
+from relay.config.load import load_config
 from relay.daemon import Daemon
+from relay.queue.records import NewMessage, RecipientState
+from relay.queue.spool import Spool
 from tests.harness import RelaySetup, running_daemon, write_config
 from tests.test_server import MESSAGE, provider_for
 from tests.upstream import Upstream, recording_upstream
@@ -86,7 +91,8 @@ async def test_permanent_failure_on_first_attempt_reaches_the_app_and_nothing_st
         assert reply.startswith("554 5.7.1") and "rejected by policy" in reply
         assert queue_ids(setup) == []
         await asyncio.sleep(0.5)
-        assert upstream.handler.received == []  # and no DSN either: the app heard it
+        # Only the mail itself was tried: no DSN to the sender either, since the app heard it.
+        assert upstream.handler.tried == [("alice@example.org", "bob@example.net")]
 
 
 async def test_only_the_deferred_recipient_is_retried(tmp_path: Path) -> None:
@@ -122,14 +128,58 @@ async def test_permanent_failure_on_a_retry_sends_a_dsn_naming_recipient_and_rep
         await eventually(lambda: queue_ids(setup) == [], timeout=5)
 
 
+async def test_the_dsn_is_on_disk_the_moment_the_failure_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash right after the failure is recorded must not lose the DSN. A DSN queued in a
+    # second write would never be written here: any such write hangs, as if relay died there.
+    enqueue = Spool.enqueue
+
+    async def dies_before_a_bounce(spool: Spool, message: NewMessage, window: float) -> Any:
+        if message.is_bounce:
+            await asyncio.Event().wait()
+        return await enqueue(spool, message, window)
+
+    monkeypatch.setattr(Spool, "enqueue", dies_before_a_bounce)
+    async with relay_and_upstream(tmp_path) as (setup, daemon, upstream, secret):
+        upstream.handler.rcpt_replies["gone@example.net"] = "450 4.2.1 try later"
+        upstream.handler.rcpt_replies["alice@example.org"] = "450 4.2.1 sender busy"
+        await send(daemon, secret, ["gone@example.net"])
+        upstream.handler.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
+        spool_path = load_config(setup.config_path).spool_path
+
+        def on_disk() -> tuple[list[str], list[str]]:
+            with closing(sqlite3.connect(spool_path)) as db, db:  # one read: one snapshot
+                failed = db.execute(
+                    "SELECT address FROM recipients WHERE state = ?", (RecipientState.FAILED.value,)
+                ).fetchall()
+                dsns = db.execute(
+                    "SELECT r.address FROM messages m JOIN recipients r ON r.message_seq = m.seq "
+                    "WHERE m.is_bounce = 1"
+                ).fetchall()
+            return [row[0] for row in failed], [row[0] for row in dsns]
+
+        # The first read that shows the failure (or its mail already gone) shows the DSN too.
+        await eventually(lambda: on_disk() != ([], []))
+        failed, dsns = on_disk()
+        assert dsns == ["alice@example.org"]
+        assert failed in ([], ["gone@example.net"])
+
+
 async def test_a_bounce_that_fails_is_never_bounced_again(tmp_path: Path) -> None:
     async with relay_and_upstream(tmp_path) as (setup, daemon, upstream, secret):
         upstream.handler.rcpt_replies["gone@example.net"] = "450 4.2.1 try later"
         upstream.handler.rcpt_replies["alice@example.org"] = "550 5.1.1 sender mailbox gone"
         await send(daemon, secret, ["gone@example.net"])
         upstream.handler.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
+        await eventually(
+            lambda: ("alice@example.org", "alice@example.org") in upstream.handler.tried
+        )
         await eventually(lambda: queue_ids(setup) == [], timeout=10)
         await asyncio.sleep(0.5)
+        # The DSN to alice was tried once and refused; no DSN about the DSN followed it.
+        dsns = [t for t in upstream.handler.tried if t[1] == "alice@example.org"]
+        assert dsns == [("alice@example.org", "alice@example.org")]
         assert upstream.handler.received == []
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from relay.config.load import load_config
 from tests.harness import RelaySetup, relay_process, write_config
 from tests.peers.mailpeers import MailAccount, MailPeers
 from tests.test_end_to_end import find_by_subject, message_text, postfix_provider
@@ -126,3 +128,37 @@ def test_wrong_imap_password_is_logged_with_the_servers_reply_and_smtp_is_unaffe
     line = next(entry for entry in log.splitlines() if "sent.retry" in entry)
     assert "AUTHENTICATIONFAILED" in line and "login" in line
     assert alice.password not in log
+
+
+def test_a_command_holding_the_stores_write_lock_stalls_neither_mail_nor_its_sent_copy(
+    mail_peers: MailPeers, tmp_path: Path
+) -> None:
+    # A `relay user ...` command mid-transaction holds SQLite's write lock. The daemon's store
+    # writes (here: remembering the Sent folder it found) wait for it off the event loop; made
+    # on the loop, they would stall every session until the busy timeout and then fail.
+    alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
+    setup, secret = relay_with(mail_peers, tmp_path)
+    first, second = (f"locked store {n} {uuid.uuid4().hex}" for n in (1, 2))
+    database = load_config(setup.config_path).database_path
+    with relay_process(setup) as relay:
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            send_with_bcc(relay.port, secret, alice, bob, first)
+            # Filed: the daemon now wants to remember the folder, and waits for the lock.
+            assert copies_in_sent(mail_peers, alice, first, timeout=15)
+            send_with_bcc(relay.port, secret, alice, bob, second)
+            assert find_by_subject(mail_peers, bob, second)
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert copies_in_sent(mail_peers, alice, second, timeout=15)
+        time.sleep(0.5)
+        log = relay.log()
+    [found] = [
+        line.split("sent folder found", 1)[1].strip(" :")
+        for line in setup.cli("user", "show", "alice").out.splitlines()
+        if line.strip().startswith("sent folder found")
+    ]
+    assert found == "Sent"  # written once the lock was free
+    assert "sent.crashed" not in log and "database is locked" not in log

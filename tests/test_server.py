@@ -310,9 +310,13 @@ async def test_the_multiline_reply_to_ehlo_is_written_whole_in_one_write(scene: 
 @pytest.mark.parametrize(
     ("command", "reply"),
     [
-        # aiosmtpd lists the commands whose methods carry its @syntax: relay's overrides do not.
-        (b"HELP", b"250 Supported commands: AUTH HELO HELP NOOP QUIT RSET VRFY\r\n"),
+        # Every command relay answers is listed, those relay overrides included.
+        (
+            b"HELP",
+            b"250 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n",
+        ),
         (b"HELP NOOP", b"250 Syntax: NOOP [ignored]\r\n"),
+        (b"HELP MAIL", b"250 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"),
         (b"NOOP", b"250 OK"),
         (b"RSET", b"250 OK"),
         (b"VRFY bob@example.net", b"252 Cannot VRFY user"),

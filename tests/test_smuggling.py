@@ -115,3 +115,31 @@ async def test_payload_pipelined_in_one_write_does_not_end_the_message_early(
     replies = await converse(port, session_bytes(secret, payload), pipelined=True)
     assert sum(r.startswith(b"250 2.0.0") for r in replies) == 1
     assert_exactly_one_clean_mail(upstream)
+
+
+@pytest.mark.parametrize("size", [1_000, 100_000, 10_000_000])
+async def test_mail_with_bare_lf_line_endings_of_any_size_arrives_with_crlf(
+    relay_port_secret_upstream: tuple[int, str, Upstream], size: int
+) -> None:
+    # PHP's mail() and cron mailers end lines with a bare LF, 72-octet lines here.
+    port, secret, upstream = relay_port_secret_upstream
+    line = b"x" * 71 + b"\n"
+    body = line * (size // len(line))
+    writes = session_bytes(secret, b"")
+    writes[5] = b"Subject: bare lf\n\n" + body + b"\r\n.\r\n"
+    replies = await converse(port, writes, pipelined=False)
+    assert any(reply.startswith(b"250 2.0.0 ") and b"sent" in reply for reply in replies)
+    [mail] = upstream.handler.received
+    assert b"\n" not in mail.data.replace(b"\r\n", b"")
+    assert mail.data.count(b"x" * 71 + b"\r\n") == size // len(line)
+
+
+async def test_a_bare_lf_line_over_1000_octets_is_refused_with_500(
+    relay_port_secret_upstream: tuple[int, str, Upstream],
+) -> None:
+    port, secret, upstream = relay_port_secret_upstream
+    writes = session_bytes(secret, b"")
+    writes[5] = b"Subject: long line\n\nshort\n" + b"y" * 1_200 + b"\nshort\r\n.\r\n"
+    replies = await converse(port, writes, pipelined=False)
+    assert any(reply.startswith(b"500 5.5.6 Line too long") for reply in replies)
+    assert upstream.handler.received == []

@@ -15,6 +15,7 @@ from relay.queue.records import AttemptRecord, NewMessage
 from relay.queue.schema import SCHEMA_VERSION, open_database
 from relay.queue.spool import Spool
 from relay.queue.statements import select_data
+from relay.reply import Reply
 from tests.harness import running_daemon, write_config
 from tests.test_queue import eventually
 from tests.test_server import provider_for
@@ -162,7 +163,7 @@ async def test_a_deferred_attempt_keeps_the_data_for_the_retry(tmp_path: Path) -
     spool = Spool.open(tmp_path / "spool.sqlite")
     try:
         await spool.enqueue(message("b" * 16, b"Subject: s\r\n\r\nbody\r\n"), 0.0)
-        deferred = {"bob@example.net": "451 4.3.0 later"}
+        deferred = {"bob@example.net": Reply(451, "4.3.0", "later")}
         attempt = AttemptRecord({}, {}, deferred, "451 4.3.0 later", time.time() + 60)
         entry = await spool.record("b" * 16, attempt)
         assert entry is not None and entry.attempts == 1 and entry.pending == ["bob@example.net"]

@@ -45,6 +45,8 @@ class RecordingHandler:
     received: list[ReceivedMail] = field(default_factory=list)
     connections: int = 0
     rcpt_replies: dict[str, str] = field(default_factory=dict)
+    # Every RCPT as (MAIL FROM, RCPT TO), accepted or not: what was tried, not only delivered.
+    tried: list[tuple[str, str]] = field(default_factory=list)
     data_reply: str | None = None
     sessions: list[SMTP] = field(default_factory=list)
     raw: bytes = b""
@@ -71,6 +73,7 @@ class RecordingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Accept a recipient unless a reply is scripted for it."""
+        self.tried.append((envelope.mail_from or "", address))
         scripted = self.rcpt_replies.get(address)
         if scripted is not None:
             return scripted

@@ -124,11 +124,12 @@ class MailStages:
         finally:
             await pool.close_all()
         facts: dict[str, object] = {"message_id": prepared.message_id, "to": self.send_to}
-        if not outcome.delivered:
-            reply = next(iter({**outcome.failed, **outcome.deferred}.values()), outcome.reply)
+        if not outcome.delivered or outcome.reply is None:
+            refusal = next(iter({**outcome.failed, **outcome.deferred}.values()), None)
+            reply = refusal.line if refusal is not None else None
             raise StageFailure(f"{self.send_to} refused", reply, fix=SEND_FIX, facts=facts)
         self.sent = (prepared.sent_copy, prepared.message_id, now)
-        facts["reply"] = outcome.reply
+        facts["reply"] = outcome.reply.line
         return Found(f"sent {prepared.message_id} to {self.send_to}: {outcome.reply}", facts)
 
     async def sent_copy(self) -> Found:

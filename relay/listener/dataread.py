@@ -7,21 +7,25 @@ mail that is 134,000 awaits and line objects that take twice the mail's size in 
 from __future__ import annotations
 
 import asyncio
+import re
 from enum import Enum
+
+from relay.reply import LINE_TOO_LONG, NO_DATA_MEMORY, TOO_MUCH_DATA
 
 CRLF = b"\r\n"
 END_LINE = b".\r\n"
 END_OF_DATA = CRLF + END_LINE
 # RFC 5321 §4.5.3.1.6: 1000 octets with CRLF, plus the transparency dot (aiosmtpd's limit).
 LINE_LIMIT = 1001
+_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
 class DataProblem(Enum):
     """Why a DATA that has ended is refused, with the reply it gets (aiosmtpd's wording)."""
 
-    TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-    TOO_MUCH = "552 Error: Too much mail data"
-    NO_ROOM = "452 4.3.1 insufficient system resources for more mail data, try again later"
+    TOO_LONG = LINE_TOO_LONG
+    TOO_MUCH = TOO_MUCH_DATA
+    NO_ROOM = NO_DATA_MEMORY
 
 
 class DataBudget:
@@ -62,15 +66,13 @@ class DataReader:
         pending += piece
         # RFC 5321 §4.1.1.4: only CRLF "." CRLF ends the data; a bare CR or LF never does.
         ended = pending.endswith(END_OF_DATA) or (self._line_start and pending == END_LINE)
-        if ended:
-            cut = len(pending) - len(END_LINE)
-        else:
-            last = pending.rfind(CRLF)
-            cut = last + len(CRLF) if last >= 0 else 0
+        # Lines are taken at any LF, so mail from apps that end lines with a bare LF (PHP, cron)
+        # is read line by line like any other; only a CRLF starts a line that may end the data.
+        cut = len(pending) - len(END_LINE) if ended else pending.rfind(b"\n") + 1
         if cut:
-            self._take(pending[:cut])
+            self._take(pending[:cut], self._line_start)
+            self._line_start = ended or (cut >= 2 and pending[cut - 2 : cut] == CRLF)
             del pending[:cut]
-            self._line_start = True
         if ended:
             pending.clear()
             return True
@@ -98,14 +100,16 @@ class DataReader:
         self._budget.give_back(self._reserved)
         self._reserved = 0
 
-    def _take(self, lines: bytearray) -> None:
-        """Keep complete lines, each ending in CRLF, that start where a line starts."""
+    def _take(self, lines: bytearray, at_line_start: bool) -> None:
+        """Keep complete lines, each ending in CRLF or a bare LF; at_line_start: after a CRLF."""
         self.size += len(lines)
         if self._size_limit and self.size > self._size_limit:
             self.refuse(DataProblem.TOO_MUCH)
         if self.problem is not None:
             return
-        if max(map(len, lines.split(CRLF))) + len(CRLF) > LINE_LIMIT:
+        # RFC 5321 §4.5.3.1.6 counts a line with its CRLF: a line that ends otherwise (bare LF,
+        # bare CR) counts as it will once relay has made that ending a CRLF.
+        if max(map(len, _LINE_END.split(lines))) + len(CRLF) > LINE_LIMIT:
             self.refuse(DataProblem.TOO_LONG)
             return
         if not self._budget.take(len(lines)):
@@ -114,7 +118,7 @@ class DataReader:
             return
         self._reserved += len(lines)
         # RFC 5321 §4.5.2: a line starting with a dot had one more dot added by the client.
-        if lines.startswith(b"."):
+        if at_line_start and lines.startswith(b"."):
             del lines[0]
         if b"\r\n." in lines:
             lines = lines.replace(b"\r\n.", CRLF)

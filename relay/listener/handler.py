@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
+from relay.config.live import LiveConfig
 from relay.config.model import LimitsConfig, RelayConfig
 from relay.errors import RelayError, smtp_reply
+from relay.listener.answers import answer
 from relay.listener.protocol import HookTable, RelaySMTP
 from relay.listener.throttle import FailureCounter, SendCounter
-from relay.listener.wire import fit_reply
 from relay.message import prepare
 from relay.model import User
 from relay.ops.channels import Ops
@@ -28,6 +29,15 @@ from relay.policy import (
     sender_refusal,
 )
 from relay.queue.runner import QueueRunner
+from relay.reply import (
+    BAD_BASE64,
+    BAD_PLAIN,
+    LOCAL_ERROR,
+    NO_TRANSACTION,
+    RECIPIENT_OK,
+    SENDER_OK,
+    provider_not_configured,
+)
 from relay.state.localauth import LocalVerifier
 from relay.state.store import Store
 
@@ -40,11 +50,16 @@ LOCKOUT_FAILURES = 5  # the failure count at which a lockout is logged
 class Services:
     """What the listener needs to authenticate and deliver."""
 
-    config: RelayConfig
+    live: LiveConfig
     store: Store
     verifier: LocalVerifier
     runner: QueueRunner
     ops: Ops
+
+    @property
+    def config(self) -> RelayConfig:
+        """The config in force now; a session keeps the one it started with (RelaySMTP.config)."""
+        return self.live.current
 
 
 class RelayHandler(HookTable):
@@ -63,7 +78,7 @@ class RelayHandler(HookTable):
             return AuthResult(success=False, handled=True)
         parts = blob.split(b"\0")
         if len(parts) != 3:
-            await server.push("501 5.5.2 cannot split PLAIN credentials")
+            await server.push(BAD_PLAIN.line)
             return AuthResult(success=False, handled=True)
         return await self._authenticate(server, parts[1], parts[2])
 
@@ -80,7 +95,7 @@ class RelayHandler(HookTable):
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         name = login.decode("utf-8", "replace")
         keys = (f"ip:{server.peer_address}", f"login:{name}")
-        limits = server.services.config.limits
+        limits = server.config.limits
         now = time.monotonic()
         failures = max(self.failures.count(key, now) for key in keys)
         # Like Dovecot's auth penalty: recent failures slow every further try, in parallel too.
@@ -100,8 +115,8 @@ class RelayHandler(HookTable):
                 "auth.failed session=%s login=%s reason=%s", server.session_id, shown, why
             )
             server.services.ops.metrics.auth_failed()
-            self._count_failure(keys, server.services.config.limits)
-            return AuthResult(success=False, handled=False, message=refusal.reply)
+            self._count_failure(keys, server.config.limits)
+            return AuthResult(success=False, handled=False, message=refusal.reply.line)
         for key in keys:
             self.failures.forget(key)
         logger.info("auth.ok session=%s login=%s", server.session_id, name)
@@ -124,13 +139,13 @@ class RelayHandler(HookTable):
     ) -> str:
         """Accept only the user's own addresses as envelope sender."""
         user = _user_of(session)
-        if user.provider not in server.services.config.providers:
+        if user.provider not in server.config.providers:
             logger.error("config.missing_provider user=%s provider=%s", user.login, user.provider)
-            return f"451 4.3.5 provider {user.provider!r} of user {user.login!r} is not configured"
-        limits = server.services.config.limits
+            return provider_not_configured(user.provider, user.login).line
+        limits = server.config.limits
         last_minute, last_day = self.sends.counts(user.login, time.time())
         refusal = sender_refusal(
-            address, user, server.services.config.providers[user.provider].preset
+            address, user, server.config.providers[user.provider].preset
         ) or rate_refusal(
             last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
         )
@@ -139,12 +154,12 @@ class RelayHandler(HookTable):
                 "mail.refused session=%s sender=%r reply=%r",
                 server.session_id,
                 address,
-                refusal.reply,
+                refusal.reply.line,
             )
-            return refusal.reply
+            return refusal.reply.line
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return "250 2.1.0 sender ok"
+        return SENDER_OK.line
 
     async def handle_RCPT(  # noqa: N802
         self,
@@ -156,30 +171,37 @@ class RelayHandler(HookTable):
     ) -> str:
         """Accept recipients up to the per-message limit."""
         user = _user_of(session)
-        provider = server.services.config.providers[user.provider]
+        provider = server.config.providers[user.provider]
         limit = effective_recipient_limit(
-            server.services.config.limits.max_recipients, provider.max_recipients
+            server.config.limits.max_recipients, provider.max_recipients
         )
         refusal = recipient_count_refusal(len(envelope.rcpt_tos), limit)
         if refusal is not None:
-            return refusal.reply
+            return refusal.reply.line
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        return "250 2.1.5 recipient ok"
+        return RECIPIENT_OK.line
 
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         """Spool the message, try it once while the app waits, and relay the verdict."""
         user = _user_of(session)
         if envelope.original_content is None or envelope.mail_from is None:
-            return "503 5.5.1 no mail transaction in progress"
+            return NO_TRANSACTION.line
         prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
         # The prepared copy is all that is needed from here: free the DATA buffer now.
         envelope.content = envelope.original_content = None
         try:
-            reply = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
+            result = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
+            reply = answer(result)
         except RelayError as error:
+            logger.error("message.local_error session=%s error=%s", server.session_id, error)
             reply = smtp_reply(error)
-        if reply.startswith("250"):
+        except Exception:
+            # Whatever went wrong here is relay's, not the app's: the app hears a plain 451
+            # and tries again; the detail, traceback included, is for the log.
+            logger.exception("message.local_error session=%s", server.session_id)
+            reply = LOCAL_ERROR
+        if reply.positive:
             self.sends.record(user.login, time.time())
         logger.info(
             "message.reply session=%s user=%s msg_id=%s rcpts=%d reply=%r",
@@ -187,9 +209,9 @@ class RelayHandler(HookTable):
             user.login,
             prepared.message_id,
             len(envelope.rcpt_tos),
-            reply,
+            reply.line,
         )
-        return fit_reply(reply)
+        return reply.line
 
 
 async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str) -> bytes | None:
@@ -199,7 +221,7 @@ async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str)
     try:
         return b64decode(args[1], validate=True)
     except (binascii.Error, ValueError):
-        await server.push("501 5.5.2 cannot decode base64")
+        await server.push(BAD_BASE64.line)
         return None
 
 

@@ -10,11 +10,20 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Session
+from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
 from relay.listener.dataread import DataReader, read_data
 from relay.listener.tracker import peer_address
 from relay.listener.wire import has_control, plain_address, reply_text
+from relay.reply import (
+    AUTH_LINE_TOO_LONG,
+    DATA_OK,
+    DATA_SYNTAX,
+    NEED_RCPT,
+    SHUTTING_DOWN,
+    START_DATA,
+    control_characters,
+)
 
 if TYPE_CHECKING:
     from relay.listener.handler import RelayHandler, Services
@@ -23,6 +32,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger("relay.server")  # the name shows in log lines: kept from 0.1
 
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
+
+# aiosmtpd's undocumented names relay relies on, each with the use it makes of them; the
+# contract tests (tests/test_library_contracts.py) pin their shape, and `relay serve` refuses to
+# start on an aiosmtpd that lacks one, rather than fail per session.
+AIOSMTPD_INTERNALS = {
+    "_getaddr": "MAIL/RCPT address parsing, overridden for plain <local@domain>",
+    "_create_envelope": "a fresh envelope after DATA",
+    "_call_handler_hook": "the DATA hook, from relay's own smtp_DATA",
+    "command_size_limits": "per-session command size limits",
+    "local_part_limit": "whether the plain address fast path applies",
+    "_syntax_available": "HELP's list of commands",
+}
+# Set per session by aiosmtpd: the command table and hook table relay replaces with shared
+# ones, and the stream relay's DATA reader reads from.
+AIOSMTPD_SESSION_INTERNALS = ("_smtp_methods", "_handle_hooks", "_reader", "_writer")
+
+
+def aiosmtpd_gaps() -> list[str]:
+    """The internals relay needs that this aiosmtpd lacks (empty when all are there)."""
+    return [f"aiosmtpd.smtp.SMTP.{name}" for name in AIOSMTPD_INTERNALS if not hasattr(SMTP, name)]
 
 
 class RelaySMTP(SMTP):
@@ -42,8 +71,9 @@ class RelaySMTP(SMTP):
         self.opened = time.monotonic()
         self.refused = False
         self.held_lines = ""  # the lines of a multiline reply so far
-        # The config a session started with stays its config, even across a reload (SIGHUP).
         self.services: Services = handler.services
+        # The config a session started with stays its config, even across a reload (SIGHUP).
+        self.config = handler.services.config
 
     def __dir__(self) -> list[str]:
         """Only the names aiosmtpd dispatches on (smtp_*, auth_*)."""
@@ -57,10 +87,9 @@ class RelaySMTP(SMTP):
             refusal = self.tracker.refusal_for(transport)
             if refusal is not None:
                 self.refused = True
-                logger.warning(
-                    "session.refused peer=%s reply=%r", peer_address(transport), refusal.reply
-                )
-                transport.write(refusal.reply.encode() + b"\r\n")
+                line = refusal.reply.line
+                logger.warning("session.refused peer=%s reply=%r", peer_address(transport), line)
+                transport.write(line.encode() + b"\r\n")
                 transport.close()
                 return
         super().connection_made(transport)
@@ -111,25 +140,28 @@ class RelaySMTP(SMTP):
             # asyncio's readline() raises once the answer passes the line limit; unhandled, it
             # becomes a logged traceback and a 500 naming the exception, for any client at will.
             # What is left of the line cannot be told from the next command: close.
-            await self.push("500 5.5.6 Authentication Exchange line is too long")
+            await self.push(AUTH_LINE_TOO_LONG.line)
             self.close_now()
             return MISSING
 
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         if hostname:
             # A repeated EHLO adds SIZE's and BODY's allowance again: start from the base.
             self.command_size_limits.clear()
         await super().smtp_EHLO(hostname)
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         if self.tracker.draining:
-            await self.push("421 4.3.2 service shutting down, try again later")
+            await self.push(SHUTTING_DOWN.line)
             self.close_now()
             return
         if await self._refused_control(arg, "MAIL"):
             return
         await super().smtp_MAIL(arg)
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         if await self._refused_control(arg, "RCPT"):
             return
@@ -148,9 +180,10 @@ class RelaySMTP(SMTP):
         # aiosmtpd's parser would drop a CR from a domain, or keep a NUL in a quoted local
         # part that the provider connection then refuses: neither may get as far as a queue.
         if not (await self.check_helo_needed() or await self.check_auth_needed(verb)):
-            await self.push(f"501 5.5.4 control characters are not allowed in {verb} arguments")
+            await self.push(control_characters(verb).line)
         return True
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         await self._data(arg)
         if self.tracker.draining:
@@ -161,12 +194,12 @@ class RelaySMTP(SMTP):
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         if self.envelope is None or not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(NEED_RCPT.line)
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(DATA_SYNTAX.line)
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(START_DATA.line)
         reader = DataReader(self.data_size_limit, self.tracker.data_budget)
         try:
             try:
@@ -176,19 +209,19 @@ class RelaySMTP(SMTP):
                 raise
             if reader.problem is not None:
                 self.envelope = self._create_envelope()
-                await self.push(reader.problem.value)
+                await self.push(reader.problem.value.line)
                 return
             self.envelope.content = self.envelope.original_content = reader.content()
             status = await self._call_handler_hook("DATA")
         finally:
             reader.release()
         self.envelope = self._create_envelope()
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(DATA_OK.line if status is MISSING else status)
 
     def close_idle(self) -> None:
         """Say goodbye to a client that is between transactions (used when draining)."""
         if isinstance(self.transport, asyncio.WriteTransport) and not self.in_transaction:
-            self.transport.write(b"421 4.3.2 service shutting down, try again later\r\n")
+            self.transport.write(SHUTTING_DOWN.line.encode() + b"\r\n")
             self.close_now()
 
     def close_now(self) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-from relay.errors import REPLY_LINE_BYTES
-
 # RFC 5321 §4.1.2: no address or parameter form allows a control character (CR, LF, NUL, ...).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 5321 §4.2: reply text is HT and printable ASCII.
@@ -27,15 +25,6 @@ def has_control(arg: str) -> bool:
 def reply_text(text: str) -> str:
     """Reply text with anything but HT and printable ASCII replaced by '?'."""
     return _NOT_REPLY_TEXT.sub("?", text)
-
-
-def fit_reply(reply: str) -> str:
-    """A reply cut to the longest line SMTP allows."""
-    # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
-    encoded = reply.encode("utf-8", "replace")
-    if len(encoded) <= REPLY_LINE_BYTES:
-        return reply
-    return encoded[: REPLY_LINE_BYTES - 3].decode("utf-8", "ignore") + "..."
 
 
 def plain_address(arg: str) -> tuple[str, str] | None:

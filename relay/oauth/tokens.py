@@ -15,6 +15,7 @@ from relay.oauth.client import TokenEndpoint, TokenGrant
 from relay.state.grants import REFRESH_TOKEN_FIELD
 from relay.state.keys import MasterKey
 from relay.state.store import Store, secret_context
+from relay.state.writer import StoreWriter, write_to
 
 logger = logging.getLogger("relay.tokens")  # the name shows in log lines: kept from 0.1
 
@@ -54,8 +55,10 @@ class AccessTokens:
         *,
         on_secret: Callable[[Secret], None] = lambda _secret: None,
         on_refresh_failed: Callable[[str], None] = lambda _provider: None,
+        writer: StoreWriter | None = None,
     ) -> None:
         self.store = store
+        self._writer = writer
         self._key = master_key
         self._new_endpoint = endpoint
         self._endpoint: TokenEndpoint | None = None  # made at the first refresh
@@ -116,7 +119,11 @@ class AccessTokens:
         except GrantRevoked as error:
             self._on_refresh_failed(provider)
             reason = f"the provider answered invalid_grant: {error.description or 'no detail'}"
-            self.store.grants.needs_authorization(login, reason, used=sealed)
+            await write_to(
+                self.store,
+                self._writer,
+                lambda store: store.grants.needs_authorization(login, reason, used=sealed),
+            )
             logger.error(
                 "oauth.authorization_needed user=%s provider=%s reason=%r fix=%r",
                 login,
@@ -131,10 +138,10 @@ class AccessTokens:
                 "oauth.refresh_failed user=%s provider=%s error=%r", login, provider, str(error)
             )
             raise refresh_failure(login, provider, error) from None
-        self._remember(grant, fresh, sealed)
+        await self._remember(grant, fresh, sealed)
         return fresh.access_token
 
-    def _remember(self, grant: OAuthGrant, fresh: TokenGrant, used: bytes) -> None:
+    async def _remember(self, grant: OAuthGrant, fresh: TokenGrant, used: bytes) -> None:
         login = grant.login
         self._on_secret(fresh.access_token)
         sealed = None
@@ -142,7 +149,13 @@ class AccessTokens:
             # Rotated: the old refresh token may stop working any moment, so store this one now.
             self._on_secret(fresh.refresh_token)
             sealed = self._key.seal(fresh.refresh_token, refresh_token_context(login))
-        self.store.grants.refreshed(login, sealed, fresh.scopes, fresh.expires_at, used=used)
+        await write_to(
+            self.store,
+            self._writer,
+            lambda store: store.grants.refreshed(
+                login, sealed, fresh.scopes, fresh.expires_at, used=used
+            ),
+        )
         self._cache[login] = _Cached(fresh.access_token, renew_at(fresh), grant.authorized_at)
         self.refreshes += 1
         logger.info(

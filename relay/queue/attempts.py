@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from relay.config.live import LiveConfig
 from relay.config.model import ProviderConfig, RelayConfig
 from relay.errors import (
     LoginRefused,
@@ -19,8 +20,8 @@ from relay.errors import (
 from relay.model import User
 from relay.ops.channels import Ops
 from relay.queue.records import QueueEntry
-from relay.queue.sentcopies import provider_label
 from relay.queue.spool import Spool
+from relay.reply import Reply, provider_not_configured
 from relay.state.store import Store
 from relay.upstream.account import SendOutcome, UpstreamAccount
 from relay.upstream.credentials import Credentials, UpstreamSecret
@@ -38,6 +39,7 @@ class Verdict:
     outcome: SendOutcome
     error: UpstreamError | None
     remote: str
+    user: User | None  # as the attempt found them; None once the user is gone
 
 
 class Attempts:
@@ -45,60 +47,78 @@ class Attempts:
 
     def __init__(
         self,
-        config: RelayConfig,
+        live: LiveConfig,
         store: Store,
         credentials: Credentials,
         pool: UpstreamPool,
         spool: Spool,
         ops: Ops,
     ) -> None:
-        self.config = config
+        self._live = live
         self._store = store
         self._credentials = credentials
         self._pool = pool
         self._spool = spool
         self._ops = ops
 
-    async def attempt(self, entry: QueueEntry, data: bytes | None) -> Verdict:
-        """Try the pending recipients once, with data in memory or (None) read from the spool."""
+    @property
+    def config(self) -> RelayConfig:
+        """The config in force (a reload replaces it)."""
+        return self._live.current
+
+    async def attempt(self, entry: QueueEntry, data: bytes | None, user: User | None) -> Verdict:
+        """Try the pending recipients once, with data in memory or (None) read from the spool.
+
+        user is the one the listener authenticated, for a first attempt; a retry reads the
+        store again, since the user may have been disabled or given a new password meanwhile.
+        """
         pending = entry.pending
         remote = "unknown"
+        if user is None:
+            user = self._store.find_user(entry.login)
         try:
-            user, provider = self._user_and_provider(entry.login)
+            found, provider = self._usable(user, entry.login)
             remote = provider.smtp.host
-            if data is None:
-                data = await self._spool.read_data(entry.id)
-            if data is None:
-                raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
-            opened = await self._credentials.open(user, provider)
-            try:
-                outcome = await self._send(user, provider, opened, entry.sender, pending, data)
-            except LoginRefused:
-                # An access token may die before its expiry (revoked, clock skew): one fresh
-                # token is worth a second try; a refused password is not.
-                if not self._credentials.refused(user, opened):
-                    raise
-                opened = await self._credentials.open(user, provider)
-                outcome = await self._send_bearer(user, provider, opened, entry, data)
-            return Verdict(outcome, None, remote)
-        except (UpstreamError, PolicyRejection, RelayError) as error:
+            outcome = await self._deliver(entry, data, found, provider)
+            return Verdict(outcome, None, remote, user)
+        except RelayError as error:
+            if not isinstance(error, UpstreamError | PolicyRejection):
+                logger.warning("delivery.local_error id=%s error=%s", entry.id, error)
             reply = smtp_reply(error)
             permanent = isinstance(error, PermanentFailure)
             replies = dict.fromkeys(pending, reply)
             outcome = SendOutcome(
-                reply=reply,
+                reply=None,
                 failed=replies if permanent else {},
                 deferred={} if permanent else replies,
             )
-            return Verdict(outcome, error if isinstance(error, UpstreamError) else None, remote)
+            upstream = error if isinstance(error, UpstreamError) else None
+            return Verdict(outcome, upstream, remote, user)
 
-    def _user_and_provider(self, login: str) -> tuple[User, ProviderConfig]:
-        user = self._store.find_user(login)
+    async def _deliver(
+        self, entry: QueueEntry, data: bytes | None, user: User, provider: ProviderConfig
+    ) -> SendOutcome:
+        if data is None:
+            data = await self._spool.read_data(entry.id)
+        if data is None:
+            raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
+        opened = await self._credentials.open(user, provider)
+        try:
+            return await self._send(user, provider, opened, entry.sender, entry.pending, data)
+        except LoginRefused:
+            # An access token may die before its expiry (revoked, clock skew): one fresh
+            # token is worth a second try; a refused password is not.
+            if not self._credentials.refused(user, opened):
+                raise
+            opened = await self._credentials.open(user, provider)
+            return await self._send_bearer(user, provider, opened, entry, data)
+
+    def _usable(self, user: User | None, login: str) -> tuple[User, ProviderConfig]:
         if user is None:
             raise PolicyRejection(451, "4.7.0", f"user {login!r} no longer exists")
         provider = self.config.providers.get(user.provider)
         if provider is None:
-            raise PolicyRejection(451, "4.3.5", f"provider {user.provider!r} is not configured")
+            raise provider_missing(user)
         return user, provider
 
     async def _send_bearer(
@@ -156,8 +176,10 @@ class Attempts:
 
     def _count(self, entry: QueueEntry, verdict: Verdict) -> None:
         metrics, outcome = self._ops.metrics, verdict.outcome
-        provider = provider_label(self._store, entry.login)
-        code = verdict.error.code if verdict.error is not None else _reply_code(outcome.reply)
+        provider = verdict.user.provider if verdict.user is not None else "unknown"
+        code = verdict.error.code if verdict.error is not None else None
+        if code is None and outcome.reply is not None:
+            code = outcome.reply.code
         metrics.upstream_reply(provider, code)
         metrics.delivery_attempted(provider, outcome.seconds)
         if outcome.delivered:
@@ -168,23 +190,25 @@ class Attempts:
             metrics.mail_bounced(entry.login, provider)
 
 
-def _reply_code(reply: str) -> int | None:
-    head = reply[:3]
-    return int(head) if head.isdigit() else None
-
-
 def summary(verdict: Verdict) -> str:
     """The attempt's replies in one line: the whole-message error, or each recipient's reply."""
     if verdict.error is not None:
-        return verdict.error.reply
+        return verdict.error.reply.line
     outcome = verdict.outcome
-    parts = [outcome.reply] if outcome.delivered else []
-    parts += [f"<{r}> {reply}" for r, reply in {**outcome.deferred, **outcome.failed}.items()]
-    return "; ".join(parts) or outcome.reply
+    parts = [outcome.reply.line] if outcome.delivered and outcome.reply else []
+    others = {**outcome.deferred, **outcome.failed}
+    parts += [f"<{r}> {reply.line}" for r, reply in others.items()]
+    return "; ".join(parts) or "no recipient accepted"
 
 
-def app_refusal(verdict: Verdict) -> str:
+def app_refusal(verdict: Verdict) -> Reply:
     """The 5xx the waiting app hears when every recipient was refused for good."""
     if verdict.error is not None:
         return verdict.error.reply
     return refusal_reply(verdict.outcome.failed)
+
+
+def provider_missing(user: User) -> PolicyRejection:
+    """The user's provider is not in the config (a reload removed it, say)."""
+    reply = provider_not_configured(user.provider, user.login)
+    return PolicyRejection(reply.code, reply.enhanced, reply.text)

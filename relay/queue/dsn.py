@@ -6,6 +6,7 @@ import email.utils
 import secrets
 
 from relay.message import split_header
+from relay.reply import Reply
 
 REPORT_BOUNDARY_PREFIX = "relay-dsn-"
 
@@ -19,8 +20,8 @@ def build_dsn(
     received_at: float,
     now: float,
     remote: str,
-    failed: dict[str, str],
-    delayed: dict[str, str] | None = None,
+    failed: dict[str, Reply],
+    delayed: dict[str, Reply] | None = None,
 ) -> bytes:
     """A multipart/report DSN for failed (and, for a warning, delayed) recipients."""
     delayed = delayed or {}
@@ -51,18 +52,18 @@ def build_dsn(
     return ("\r\n".join(header) + "\r\n\r\n" + body).encode()
 
 
-def _human_text(host: str, failed: dict[str, str], delayed: dict[str, str]) -> str:
+def _human_text(host: str, failed: dict[str, Reply], delayed: dict[str, Reply]) -> str:
     lines = [f"This is the mail relay at {host}.", ""]
     if failed:
         lines += ["Your message could not be delivered to these recipients:", ""]
-        lines += [f"  <{rcpt}>: {reply}" for rcpt, reply in failed.items()]
+        lines += [f"  <{rcpt}>: {reply.line}" for rcpt, reply in failed.items()]
         lines += [
             "",
             "The provider's reply is quoted after each address. Nothing more will be tried.",
         ]
     if delayed:
         lines += ["Your message has not yet been delivered to these recipients:", ""]
-        lines += [f"  <{rcpt}>: {reply}" for rcpt, reply in delayed.items()]
+        lines += [f"  <{rcpt}>: {reply.line}" for rcpt, reply in delayed.items()]
         lines += ["", "relay keeps trying; you do not need to send it again."]
     return "\r\n".join(lines) + "\r\n"
 
@@ -72,8 +73,8 @@ def _delivery_status(
     received_at: float,
     now: float,
     remote: str,
-    failed: dict[str, str],
-    delayed: dict[str, str],
+    failed: dict[str, Reply],
+    delayed: dict[str, Reply],
 ) -> str:
     blocks = [
         f"Reporting-MTA: dns; {host}\r\n"
@@ -84,21 +85,12 @@ def _delivery_status(
             blocks.append(
                 f"Final-Recipient: rfc822; {rcpt}\r\n"
                 f"Action: {action}\r\n"
-                f"Status: {_status_code(reply, action)}\r\n"
+                f"Status: {reply.status('5.0.0' if action == 'failed' else '4.0.0')}\r\n"
                 f"Remote-MTA: dns; {remote}\r\n"
-                f"Diagnostic-Code: smtp; {reply}\r\n"
+                f"Diagnostic-Code: smtp; {reply.line}\r\n"
                 f"Last-Attempt-Date: {email.utils.formatdate(now, localtime=True)}\r\n"
             )
     return "\r\n".join(blocks)
-
-
-def _status_code(reply: str, action: str) -> str:
-    """The RFC 3463 status from a reply like '550 5.1.1 ...', or a generic one."""
-    for word in reply.split()[:2]:
-        parts = word.split(".")
-        if len(parts) == 3 and all(p.isdigit() for p in parts) and word[0] in "245":
-            return word
-    return "5.0.0" if action == "failed" else "4.0.0"
 
 
 def _header_text(header: bytes) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from relay.queue.sentjobs import SentJobSpec
+from relay.reply import Reply
 
 
 class RecipientState(Enum):
@@ -76,12 +77,13 @@ class QueueEntry:
 class AttemptRecord:
     """What one delivery attempt achieved, to be written in one transaction."""
 
-    delivered: dict[str, str]
-    failed: dict[str, str]
-    deferred: dict[str, str]
-    reply: str
+    delivered: dict[str, Reply]
+    failed: dict[str, Reply]
+    deferred: dict[str, Reply]
+    reply: str  # the attempt in one line, for `relay queue list` and `relay status`
     next_attempt: float
     sent_job: SentJobSpec | None = None  # filed if this attempt is the first to deliver
+    bounce: NewMessage | None = None  # the DSN for the failed recipients, queued with them
 
 
 @dataclass(frozen=True, slots=True)

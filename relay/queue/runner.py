@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
 from relay.errors import TemporaryFailure
 from relay.message import PreparedMessage
@@ -19,11 +20,14 @@ from relay.model import User
 from relay.ops.channels import Ops
 from relay.queue.attempts import Attempts, Verdict, app_refusal, summary
 from relay.queue.bounces import Bounces
-from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
+from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
+from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused, Sent
 from relay.queue.retry import is_expired, needs_delay_warning, retry_delay
 from relay.queue.sentcopies import SentCopies
 from relay.queue.spool import Spool, fingerprint
+from relay.reply import NO_STORAGE
 from relay.state.store import Store
+from relay.state.writer import StoreWriter
 from relay.upstream.credentials import Credentials
 from relay.upstream.pool import UpstreamPool
 
@@ -45,9 +49,9 @@ class Handoff:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """How one attempt ended: the app's reply, and whether the provider seemed down."""
+    """How one attempt ended: what the app hears, and whether the provider seemed down."""
 
-    reply: str
+    result: Handed
     provider_down: bool
     next_attempt: float
 
@@ -57,23 +61,23 @@ class QueueRunner:
 
     def __init__(
         self,
-        config: RelayConfig,
+        live: LiveConfig,
         store: Store,
         credentials: Credentials,
         spool: Spool,
         pool: UpstreamPool,
         ops: Ops,
+        writer: StoreWriter | None = None,
     ) -> None:
-        self.sent = SentCopies(config, store, spool, credentials, pool.tls, ops)
-        self.attempts = Attempts(config, store, credentials, pool, spool, ops)
-        self.bounces = Bounces(config, store, spool, self._attempt_now)
-        self._config = config
-        self.ops = ops
+        self._sent = SentCopies(live, store, spool, credentials, pool.tls, ops, writer)
+        self._attempts = Attempts(live, store, credentials, pool, spool, ops)
+        self._bounces = Bounces(live, store, spool, self._attempt_now)
+        self._live = live
+        self._ops = ops
         self.stats = QueueStats()
-        self.store = store
-        self.credentials = credentials
-        self.spool = spool
-        self.pool = pool
+        self._credentials = credentials
+        self._spool = spool
+        self._pool = pool
         self._inflight: set[str] = set()
         self._rounds: set[str] = set()
         # Users with deferred mail: only for them does a delivery make other mail due.
@@ -85,13 +89,13 @@ class QueueRunner:
 
     # -- accepting mail from the listener ------------------------------------------------------
 
-    async def accept(self, user: User, prepared: PreparedMessage, recipients: list[str]) -> str:
-        """Spool a message durably, try it once within the deadline, and return the app's reply."""
+    async def accept(self, user: User, prepared: PreparedMessage, recipients: list[str]) -> Handed:
+        """Spool a message durably, try it once within the deadline, and say what became of it."""
         queue = self.config.queue
         size = prepared.size
-        if shutil.disk_usage(self.spool.path.parent).free - size < queue.min_free_bytes:
+        if shutil.disk_usage(self._spool.path.parent).free - size < queue.min_free_bytes:
             logger.error("queue.disk_low user=%s size=%d", user.login, size)
-            return "452 4.3.1 insufficient system storage, try again later"
+            return Refused(NO_STORAGE)
         queue_id = secrets.token_hex(8)
         now = time.time()
         self._inflight.add(queue_id)
@@ -110,7 +114,7 @@ class QueueRunner:
             else None,
         )
         try:
-            stored = await self.spool.enqueue(message, queue.duplicate_window)
+            stored = await self._spool.enqueue(message, queue.duplicate_window)
         except BaseException:
             self._inflight.discard(queue_id)
             raise
@@ -122,8 +126,8 @@ class QueueRunner:
                 prepared.message_id,
                 queue.duplicate_window,
             )
-            return f"250 2.0.0 {prepared.message_id} already accepted; not sent twice"
-        self.ops.metrics.mail_accepted(user.login, user.provider)
+            return AlreadyAccepted(prepared.message_id)
+        self._ops.metrics.mail_accepted(user.login, user.provider)
         logger.info(
             "queue.accepted id=%s user=%s msg_id=%s rcpts=%d size=%d",
             queue_id,
@@ -134,36 +138,36 @@ class QueueRunner:
         )
         handoff = Handoff()
         # The first attempt uses what is in memory: reading it back would copy the data again.
-        task = self._spawn(self._settle(queue_id, handoff, message))
+        task = self._spawn(self._settle(queue_id, handoff, message, user))
         done, _ = await asyncio.wait({task}, timeout=queue.first_attempt_timeout)
         if not done and not handoff.decided:
             handoff.client_waiting = False
-            return f"250 2.0.0 queued as {queue_id}; the provider is slow, relay keeps trying"
-        return (await task).reply
+            return Queued(queue_id, "the provider is slow")
+        return (await task).result
 
     # -- the retry loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Start a retry round for each user with mail due, until stopped."""
         housekeeping = 0.0
-        self._deferred_users |= await self.spool.deferred_logins()
+        self._deferred_users |= await self._spool.deferred_logins()
         while not self._stopping:
             now = time.time()
             rounds: dict[str, list[str]] = {}
-            for queue_id, login in await self.spool.due(now):
+            for queue_id, login in await self._spool.due(now):
                 rounds.setdefault(login, []).append(queue_id)
             for login, queue_ids in rounds.items():
                 if login not in self._rounds and not self._stopping:
                     self._rounds.add(login)
                     self._spawn(self._round(login, queue_ids))
-            for job_id in await self.spool.due_sent_jobs(now):
+            for job_id in await self._spool.due_sent_jobs(now):
                 self._start_sent_copy(job_id)
             if now - self.stats.taken >= STATS_INTERVAL:
-                self.stats = await self.spool.stats(now)
+                self.stats = await self._spool.stats(now)
             if now - housekeeping >= HOUSEKEEPING_INTERVAL:
                 housekeeping = now
-                await self.spool.forget_accepted_before(now - self.config.queue.duplicate_window)
-                await self.pool.close_idle()
+                await self._spool.forget_accepted_before(now - self.config.queue.duplicate_window)
+                await self._pool.close_idle()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=SCHEDULER_TICK)
             except TimeoutError:
@@ -180,24 +184,17 @@ class QueueRunner:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self.pool.close_all()
-        await self.credentials.tokens.close()
+        await self._pool.close_all()
+        await self._credentials.tokens.close()
 
     @property
     def config(self) -> RelayConfig:
-        """The config in force; a reload replaces it for the runner and all it hands work to."""
-        return self._config
-
-    @config.setter
-    def config(self, config: RelayConfig) -> None:
-        self._config = config
-        self.sent.config = config
-        self.attempts.config = config
-        self.bounces.config = config
+        """The config in force, as the runner and all it hands work to read it."""
+        return self._live.current
 
     def _start_sent_copy(self, job_id: str) -> None:
         if not self._stopping:
-            self.sent.start(job_id, self._spawn)
+            self._sent.start(job_id, self._spawn)
 
     def _attempt_now(self, queue_id: str) -> None:
         """Give a message just queued (a DSN) its first attempt now, not at the next tick."""
@@ -224,7 +221,7 @@ class QueueRunner:
                 down = next((r for r in results if r is not None and r.provider_down), None)
                 if down is not None:
                     # The rest would fail the same way; they wait with the oldest, keeping order.
-                    await self.spool.postpone(login, down.next_attempt)
+                    await self._spool.postpone(login, down.next_attempt)
                     return
         finally:
             self._rounds.discard(login)
@@ -232,16 +229,16 @@ class QueueRunner:
 
     async def _retry(self, queue_id: str) -> Settled | None:
         try:
-            entry = await self.spool.entry(queue_id)
+            entry = await self._spool.entry(queue_id)
             if entry is None:
                 return None
             now = time.time()
             if is_expired(entry.received_at, now, self.config.queue):
-                await self.bounces.expire(entry)
+                await self._bounces.expire(entry)
                 return None
             warn = needs_delay_warning(entry.received_at, now, entry.warned, self.config.queue)
             if warn and not entry.is_bounce:
-                await self.bounces.warn_delayed(entry)
+                await self._bounces.warn_delayed(entry)
             return await self._settle(queue_id, None)
         finally:
             self._inflight.discard(queue_id)
@@ -249,20 +246,37 @@ class QueueRunner:
     # -- one attempt and what follows from it --------------------------------------------------
 
     async def _settle(
-        self, queue_id: str, handoff: Handoff | None, fresh: NewMessage | None = None
+        self,
+        queue_id: str,
+        handoff: Handoff | None,
+        fresh: NewMessage | None = None,
+        user: User | None = None,
     ) -> Settled:
         """Attempt delivery of a spooled message (fresh: just committed) and act on the verdict."""
-        queued = Settled(f"250 2.0.0 queued as {queue_id}", provider_down=False, next_attempt=0.0)
+        queued = Settled(Queued(queue_id), provider_down=False, next_attempt=0.0)
         try:
-            entry = fresh.entry() if fresh is not None else await self.spool.entry(queue_id)
+            entry = fresh.entry() if fresh is not None else await self._spool.entry(queue_id)
             if entry is None:
                 return queued
-            verdict = await self.attempts.attempt(entry, fresh.upstream_data if fresh else None)
+            data = fresh.upstream_data if fresh is not None else None
+            verdict = await self._attempts.attempt(entry, data, user)
             now = time.time()
             delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
             outcome = verdict.outcome
-            sent_job = self.sent.job_for(entry) if outcome.delivered else None
-            updated = await self.spool.record(
+            # Decide who hears about failures before the outcome is written, so the deadline
+            # cannot slip in between: either the waiting app hears the 5xx, or the sender gets
+            # a DSN, written in the same transaction as the failure.
+            app_hears_it = handoff is not None and handoff.client_waiting
+            if handoff is not None:
+                handoff.decided = True
+            refused = app_hears_it and not outcome.delivered and not outcome.deferred
+            bounce = None
+            if outcome.failed and not refused:
+                bounce = await self._bounces.dsn(
+                    entry, verdict.user, outcome.failed, {}, verdict.remote
+                )
+            sent_job = self._sent.job_for(entry, verdict.user) if outcome.delivered else None
+            updated = await self._spool.record(
                 queue_id,
                 AttemptRecord(
                     delivered=outcome.delivered,
@@ -271,18 +285,15 @@ class QueueRunner:
                     reply=summary(verdict),
                     next_attempt=now + delay,
                     sent_job=sent_job,
+                    bounce=bounce,
                 ),
             )
+            self._bounces.queued(bounce, entry, "failed", len(outcome.failed))
             if sent_job is not None:
                 self._start_sent_copy(sent_job.id)
             if updated is None:  # dropped by an operator meanwhile
                 return queued
-            # Decide who hears about failures before any further await, so the deadline cannot
-            # slip in between: either the waiting app hears a 5xx, or the sender gets a DSN.
-            app_hears_it = handoff is not None and handoff.client_waiting
-            if handoff is not None:
-                handoff.decided = True
-            reply = await self._conclude(updated, verdict, app_hears_it, delay)
+            result = await self._conclude(updated, verdict, refused, delay)
         except Exception:
             logger.exception("queue.attempt_crashed id=%s", queue_id)
             return queued
@@ -290,35 +301,30 @@ class QueueRunner:
             if handoff is not None:
                 self._inflight.discard(queue_id)
         provider_down = isinstance(verdict.error, TemporaryFailure)
-        return Settled(reply, provider_down, now + delay)
+        return Settled(result, provider_down, now + delay)
 
     async def _conclude(
-        self, entry: QueueEntry, verdict: Verdict, app_hears_it: bool, delay: float
-    ) -> str:
+        self, entry: QueueEntry, verdict: Verdict, refused: bool, delay: float
+    ) -> Handed:
         outcome = verdict.outcome
-        self.attempts.log(entry, verdict, delay)
+        self._attempts.log(entry, verdict, delay)
         if outcome.delivered:
             await self._provider_is_back(entry.login)
-        delivered_any = any(s is RecipientState.DELIVERED for s, _ in entry.recipients.values())
-        if not entry.pending and app_hears_it and not delivered_any:
-            await self.spool.remove(entry.id)
-            return app_refusal(verdict)
-        if outcome.failed:
-            await self.bounces.bounce(entry, outcome.failed, {}, verdict.remote)
+        if refused:
+            await self._spool.remove(entry.id)
+            return Refused(app_refusal(verdict))
         if not entry.pending and not entry.removed:
-            await self.spool.remove(entry.id)
+            await self._spool.remove(entry.id)
         if entry.pending:
             self._deferred_users.add(entry.login)
-            return f"250 2.0.0 queued as {entry.id}; {summary(verdict)}; relay keeps trying"
-        refused = "; ".join(f"<{r}> {reply}" for r, reply in outcome.failed.items())
-        tail = f"; refused by provider: {refused}" if refused else ""
-        return f"250 2.0.0 {entry.message_id} sent, provider said: {outcome.reply}{tail}"
+            return Queued(entry.id, summary(verdict))
+        return Sent(entry.message_id, outcome.reply, dict(outcome.failed))
 
     async def _provider_is_back(self, login: str) -> None:
         if login not in self._deferred_users:
             return
         self._deferred_users.discard(login)
-        moved = await self.spool.kick(login, time.time())
+        moved = await self._spool.kick(login, time.time())
         if moved:
             logger.info(
                 "queue.kicked user=%s messages=%d reason=provider accepted mail", login, moved

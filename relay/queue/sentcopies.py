@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 
+from relay.config.live import LiveConfig
 from relay.config.model import ProviderConfig, RelayConfig
 from relay.errors import PolicyRejection, SentCopyError, SentCopyRetry, UpstreamError, smtp_reply
 from relay.model import User
@@ -26,6 +27,7 @@ from relay.sent.filing import (
     sent_folder_override,
 )
 from relay.state.store import Store
+from relay.state.writer import StoreWriter, write_to
 from relay.tls import TlsContexts
 from relay.upstream.credentials import Credentials, UpstreamSecret
 
@@ -37,15 +39,17 @@ class SentCopies:
 
     def __init__(
         self,
-        config: RelayConfig,
+        live: LiveConfig,
         store: Store,
         spool: Spool,
         credentials: Credentials,
         tls: TlsContexts,
         ops: Ops,
+        writer: StoreWriter | None = None,
     ) -> None:
-        self.config = config
+        self._live = live
         self._store = store
+        self._writer = writer
         self._spool = spool
         self._credentials = credentials
         self.tls = tls
@@ -53,9 +57,13 @@ class SentCopies:
         self._inflight: set[str] = set()
         self._random = random.SystemRandom()
 
-    def job_for(self, entry: QueueEntry) -> SentJobSpec | None:
-        """A Sent-copy job for this message if the user's settings want one."""
-        user = self._store.find_user(entry.login)
+    @property
+    def config(self) -> RelayConfig:
+        """The config in force (a reload replaces it)."""
+        return self._live.current
+
+    def job_for(self, entry: QueueEntry, user: User | None) -> SentJobSpec | None:
+        """A Sent-copy job for this message if the user's settings (as delivered) want one."""
         provider = self.config.providers.get(user.provider) if user else None
         if entry.is_bounce or user is None or provider is None:
             return None
@@ -106,11 +114,15 @@ class SentCopies:
         try:
             result = await self._append_as(job, user, provider)
         except SentCopyError as error:
-            await self._sent_copy_failed(job, error)
+            await self._sent_copy_failed(job, user, error)
             return
         remember = result.folder_to_remember
         if remember is not None and remember != user.sent_folder_found:
-            self._store.remember_sent_folder(user.login, remember)
+            await write_to(
+                self._store,
+                self._writer,
+                lambda store: store.remember_sent_folder(user.login, remember),
+            )
         await self._spool.sent_job_done(job.id)
 
     async def _append_as(
@@ -130,7 +142,7 @@ class SentCopies:
             return await self._credentials.open(user, provider)
         except (UpstreamError, PolicyRejection) as error:
             # Until a person fixes the login (authorizes again, stores a password), retry slowly.
-            reply = smtp_reply(error)
+            reply = smtp_reply(error).line
             raise SentCopyError("login", user.login, reply, SentCopyRetry.AFTER_FIX) from None
 
     async def _append(
@@ -152,8 +164,8 @@ class SentCopies:
             timeout=self.config.upstream.timeout,
         )
 
-    async def _sent_copy_failed(self, job: SentJob, error: SentCopyError) -> None:
-        self._ops.metrics.sent_copy_failed(provider_label(self._store, job.login))
+    async def _sent_copy_failed(self, job: SentJob, user: User, error: SentCopyError) -> None:
+        self._ops.metrics.sent_copy_failed(user.provider)
         if error.retry is SentCopyRetry.NEVER:
             logger.error(
                 "sent.abandoned job=%s user=%s msg_id=%s reply=%r",
@@ -178,9 +190,3 @@ class SentCopies:
             str(error),
         )
         await self._spool.sent_job_failed(job.id, str(error), time.time() + delay)
-
-
-def provider_label(store: Store, login: str) -> str:
-    """The user's provider name for metrics; "unknown" once the user is gone."""
-    user = store.find_user(login)
-    return user.provider if user is not None else "unknown"

@@ -36,6 +36,7 @@ from relay.queue.statements import (
     apply_attempt,
     delete_accepted_before,
     delete_message,
+    expire_message,
     insert_message,
     make_due,
     postpone_user,
@@ -46,7 +47,7 @@ from relay.queue.statements import (
     select_entries,
     select_sent_header,
     select_stats,
-    set_warned,
+    warn_message,
 )
 
 
@@ -129,9 +130,13 @@ class Spool:
         """Delete a message and everything about it."""
         await self._run(delete_message, self._db, message_id)
 
-    async def mark_warned(self, message_id: str) -> None:
-        """Remember that a delay warning went out for this message."""
-        await self._run(set_warned, self._db, message_id)
+    async def expire(self, message_id: str, bounce: NewMessage | None) -> None:
+        """Drop a message past its lifetime; its DSN is queued in the same transaction."""
+        await self._commit(partial(expire_message, message_id=message_id, bounce=bounce))
+
+    async def warn(self, message_id: str, warning: NewMessage | None) -> None:
+        """Queue a delay warning and remember it went out, in one transaction."""
+        await self._commit(partial(warn_message, message_id=message_id, warning=warning))
 
     async def entries(self, due_before: float | None = None) -> list[QueueEntry]:
         """Queued entries in order of acceptance, optionally only those due by a time."""

@@ -141,6 +141,9 @@ def apply_attempt(
     if first_delivery and attempt.sent_job is not None:
         # In the same transaction as the delivery, so a crash cannot lose the Sent copy.
         insert_from_message(db, seq, attempt.sent_job, now)
+    if attempt.bounce is not None:
+        # Likewise the DSN: a failure recorded without it would leave the sender never told.
+        insert_message(db, attempt.bounce, 0.0)
     for state, replies in (
         (RecipientState.DELIVERED, attempt.delivered),
         (RecipientState.FAILED, attempt.failed),
@@ -148,7 +151,7 @@ def apply_attempt(
     ):
         db.executemany(
             "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
-            [(state.value, reply, seq, address) for address, reply in replies.items()],
+            [(state.value, reply.line, seq, address) for address, reply in replies.items()],
         )
     db.execute(
         "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ? "
@@ -226,6 +229,20 @@ def delete_message(db: sqlite3.Connection, message_id: str) -> bool:
 def set_warned(db: sqlite3.Connection, message_id: str) -> None:
     """Flag a message as having had its delay warning."""
     db.execute("UPDATE messages SET warned = 1 WHERE id = ?", (message_id,))
+
+
+def expire_message(db: sqlite3.Connection, message_id: str, bounce: NewMessage | None) -> None:
+    """Drop a message past its lifetime and queue its DSN, inside the caller's transaction."""
+    if bounce is not None:
+        insert_message(db, bounce, 0.0)
+    delete_message(db, message_id)
+
+
+def warn_message(db: sqlite3.Connection, message_id: str, warning: NewMessage | None) -> None:
+    """Queue a delay warning and flag the message as warned, inside the caller's transaction."""
+    if warning is not None:
+        insert_message(db, warning, 0.0)
+    set_warned(db, message_id)
 
 
 def delete_accepted_before(db: sqlite3.Connection, cutoff: float) -> None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from relay.config.model import ProviderConfig
 from relay.errors import SentCopyError
-from relay.message import normalise_line_endings
 from relay.model import Secret, User
 from relay.providers.presets import SentCopy
 from relay.sent.imap import Aborter, ImapAccount, ImapSession, connect
@@ -192,7 +191,7 @@ async def append_sent_copy(
         raise ValueError(f"message_id must be printable ASCII, got {message_id!r}")
     job = _Job(
         account,
-        normalise_line_endings(message),
+        message,  # CRLF: spooled mail is, from the moment it arrives (message.prepare)
         message_id,
         sent_at,
         plan,

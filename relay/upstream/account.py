@@ -7,6 +7,7 @@ from pathlib import Path
 
 from relay.model import Secret
 from relay.providers.presets import Endpoint
+from relay.reply import Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +25,10 @@ class UpstreamAccount:
 class SendOutcome:
     """The provider's verdict on each recipient of one message."""
 
-    reply: str
-    delivered: dict[str, str] = field(default_factory=dict)
-    deferred: dict[str, str] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
+    reply: Reply | None  # to DATA; None when no recipient was accepted, so no DATA was sent
+    delivered: dict[str, Reply] = field(default_factory=dict)
+    deferred: dict[str, Reply] = field(default_factory=dict)
+    failed: dict[str, Reply] = field(default_factory=dict)
     seconds: float = 0.0
 
 

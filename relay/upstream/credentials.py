@@ -13,6 +13,7 @@ from relay.oauth.client import TokenEndpoint, token_http_client
 from relay.oauth.tokens import AccessTokens, usable_grant
 from relay.state.keys import MasterKey
 from relay.state.store import UPSTREAM_CREDENTIAL, Store, secret_context
+from relay.state.writer import StoreWriter
 from relay.tls import TlsContexts
 
 
@@ -85,6 +86,7 @@ def open_credentials(
     tls: TlsContexts,
     on_secret: Callable[[Secret], None] = lambda _secret: None,
     on_refresh_failed: Callable[[str], None] = lambda _provider: None,
+    writer: StoreWriter | None = None,
 ) -> Credentials:
     """Credentials for the daemon or the CLI, with the token endpoint made on first use."""
 
@@ -99,5 +101,6 @@ def open_credentials(
         endpoint,
         on_secret=on_secret,
         on_refresh_failed=on_refresh_failed,
+        writer=writer,
     )
     return Credentials(master_key, tokens, on_secret)

@@ -14,9 +14,10 @@ import aiosmtplib
 from relay.config.model import RelayConfig
 from relay.errors import UpstreamError
 from relay.providers.presets import Endpoint, TlsMode
+from relay.reply import Reply
 from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount, UpstreamTimeouts
-from relay.upstream.replies import auth_error, one_line, reply_error, upstream_error
+from relay.upstream.replies import auth_error, provider_reply, reply_error, upstream_error
 from relay.upstream.sasl import smtp_login
 from relay.upstream.senddata import send_data
 
@@ -242,25 +243,25 @@ async def _recipients_and_data(
     client: aiosmtplib.SMTP, where: str, recipients: list[str], data: bytes
 ) -> SendOutcome:
     accepted: list[str] = []
-    deferred: dict[str, str] = {}
-    failed: dict[str, str] = {}
+    deferred: dict[str, Reply] = {}
+    failed: dict[str, Reply] = {}
     for recipient in recipients:
         try:
             await client.rcpt(recipient)
             accepted.append(recipient)
         except aiosmtplib.SMTPRecipientRefused as refusal:
-            reply = f"{refusal.code} {one_line(refusal.message)}"
             if refusal.code == SERVICE_CLOSING:
                 raise reply_error(refusal.code, refusal.message, where) from None
+            reply = provider_reply(refusal.code, refusal.message)
             (deferred if 400 <= refusal.code < 500 else failed)[recipient] = reply
     if not accepted:
         await client.rset()
-        return SendOutcome(reply="no recipient accepted", deferred=deferred, failed=failed)
+        return SendOutcome(None, deferred=deferred, failed=failed)
     try:
         response = await send_data(client, data)
     except aiosmtplib.SMTPDataError as error:
         raise reply_error(error.code, error.message, where) from None
-    reply = f"{response.code} {one_line(response.message)}"
+    reply = provider_reply(response.code, response.message)
     return SendOutcome(reply, dict.fromkeys(accepted, reply), deferred, failed)
 
 

@@ -1,4 +1,4 @@
-"""What talking to a provider needs: accounts, TLS policy, and reading its replies."""
+"""Reading the provider's replies and errors: temporary or permanent, with its words and a hint."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from relay.errors import (
     UpstreamUnavailable,
 )
 from relay.providers.hints import hint_for, preset_for_host
+from relay.reply import Reply
 
-_ENHANCED_PREFIXES = ("2.", "4.", "5.")
 # Reply codes that make sense as the answer to DATA (RFC 5321 §4.3.2); others are mapped to 554.
 _DATA_PERMANENT_CODES = {550, 551, 552, 553, 554}
 
@@ -58,9 +58,10 @@ def auth_error(code: int, message: str, username: str, where: str) -> UpstreamEr
     """The error for a refused upstream login."""
     text = f"login as {username} at {where} failed: {code} {one_line(message)}"
     hint = provider_hint(where, f"{code} {one_line(message)}")
+    said = provider_reply(code, message)
     if 400 <= code < 500:
-        return TemporaryLoginRefusal(451, _enhanced(message, "4.7.0"), text, hint)
-    return PermanentLoginRefusal(554, _enhanced(message, "5.7.8"), text, hint)
+        return TemporaryLoginRefusal(451, said.status("4.7.0"), text, hint)
+    return PermanentLoginRefusal(554, said.status("5.7.8"), text, hint)
 
 
 def provider_hint(where: str, words: str) -> str | None:
@@ -74,9 +75,10 @@ def _from_reply(code: int, message: str, text: str, where: str) -> UpstreamError
     hint = provider_hint(where, f"{code} {one_line(message)}")
     # Only a real 5xx is final; a garbled, endless or out-of-grammar reply is the server's
     # problem, not the mail's, so it keeps the mail queued.
+    said = provider_reply(code, message)
     if not 500 <= code < 600:
-        return TemporaryFailure(451, _enhanced(message, "4.0.0"), text, hint)
-    return PermanentFailure(data_reply_code(code), _enhanced(message, "5.0.0"), text, hint)
+        return TemporaryFailure(451, said.status("4.0.0"), text, hint)
+    return PermanentFailure(data_reply_code(code), said.status("5.0.0"), text, hint)
 
 
 def data_reply_code(code: int) -> int:
@@ -84,15 +86,17 @@ def data_reply_code(code: int) -> int:
     return code if code in _DATA_PERMANENT_CODES else 554
 
 
-def refusal_reply(failed: dict[str, str]) -> str:
+def refusal_reply(failed: dict[str, Reply]) -> Reply:
     """The one reply for a message whose every recipient the provider refused for good."""
-    first = next(iter(failed.values()), "550 5.0.0 refused").split(maxsplit=1)
-    code = data_reply_code(int(first[0])) if first and first[0].isdigit() else 550
-    enhanced = _enhanced(first[1] if len(first) > 1 else "", "5.0.0")
-    if not enhanced.startswith("5."):
-        enhanced = "5.0.0"
-    details = "; ".join(f"<{r}> {reply}" for r, reply in failed.items())
-    return f"{code} {enhanced} provider refused every recipient: {details}"
+    first = next(iter(failed.values()), Reply(550, "5.0.0", "refused"))
+    details = "; ".join(f"<{r}> {reply.line}" for r, reply in failed.items())
+    text = f"provider refused every recipient: {details}"
+    return Reply(data_reply_code(first.code), first.status("5.0.0"), text)
+
+
+def provider_reply(code: int, message: str) -> Reply:
+    """What the provider said, as a value: its enhanced code is read once, here."""
+    return Reply.parse(f"{code} {one_line(message)}")
 
 
 def _tls_cause(error: BaseException) -> str | None:
@@ -107,13 +111,6 @@ def _tls_cause(error: BaseException) -> str | None:
             return f"handshake failed: {current.reason or current}"
         current = current.__cause__ or current.__context__
     return None
-
-
-def _enhanced(message: str, default: str) -> str:
-    first = message.split(maxsplit=1)[0] if message.split() else ""
-    if first.startswith(_ENHANCED_PREFIXES) and first.count(".") == 2:
-        return first
-    return default
 
 
 def one_line(text: str) -> str:

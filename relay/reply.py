@@ -1,0 +1,99 @@
+"""An SMTP reply as a value (code, enhanced status code, text), and the replies relay words itself.
+
+Replies travel as values from the provider or a policy to the listener, which alone puts them on
+the wire (Reply.line, one line of at most 512 octets). Text that was stored (the spool keeps each
+recipient's last reply as a line) comes back through Reply.parse, the one reader of reply lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+REPLY_LINE_BYTES = 510  # RFC 5321 §4.5.3.1.5: 512 octets including the CRLF
+_LINE = re.compile(r"([2-5]\d\d)(?:[ -]|$)(?:([245]\.\d{1,3}\.\d{1,3})(?: |$))?(.*)", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: its code, RFC 3463 enhanced code ("" when none was given) and text."""
+
+    code: int
+    enhanced: str
+    text: str
+    hint: str | None = None  # what would fix it, when that is known; kept when the line is cut
+
+    @property
+    def line(self) -> str:
+        """The reply as one line of at most 510 octets, the hint kept whole at its end."""
+        head = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+        text = " ".join("".join(c if c.isprintable() else " " for c in self.text).split())
+        tail = f" (hint: {self.hint})" if self.hint else ""
+        room = REPLY_LINE_BYTES - len(head.encode()) - len(tail.encode())
+        encoded = text.encode("utf-8", "replace")
+        if len(encoded) > room:
+            # The provider's words give, so the hint at the end survives the cut.
+            text = encoded[: max(0, room - 3)].decode("utf-8", "ignore") + "..."
+        return (head + text + tail).rstrip()
+
+    @property
+    def positive(self) -> bool:
+        """2xx: the command or the mail was taken."""
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        """5xx: trying again unchanged will not help."""
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return self.line
+
+    @classmethod
+    def parse(cls, line: str) -> Reply:
+        """A reply line read back (from the spool or a log), or a generic 451 for anything else."""
+        match = _LINE.fullmatch(line.strip())
+        if match is None:
+            return cls(451, "4.0.0", line.strip())
+        code, enhanced, text = match.groups()
+        return cls(int(code), enhanced or "", text.strip())
+
+    def status(self, default: str) -> str:
+        """The enhanced code, or default when the server gave none or one of another class."""
+        if self.enhanced and self.enhanced[0] == str(self.code)[0]:
+            return self.enhanced
+        return default
+
+
+# --- The replies relay words itself -------------------------------------------------------------
+# Tests import these rather than copy the words: one table, one wording per situation.
+
+SENDER_OK = Reply(250, "2.1.0", "sender ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "recipient ok")
+DATA_OK = Reply(250, "2.0.0", "OK")
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+SHUTTING_DOWN = Reply(421, "4.3.2", "service shutting down, try again later")
+LOCAL_ERROR = Reply(451, "4.3.0", "local error, try again later")
+KEY_PROBLEM = Reply(451, "4.3.0", "local key problem: a stored upstream secret cannot be opened")
+NO_STORAGE = Reply(452, "4.3.1", "insufficient system storage, try again later")
+NO_DATA_MEMORY = Reply(
+    452, "4.3.1", "insufficient system resources for more mail data, try again later"
+)
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")
+LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (see RFC5321 4.5.3.1.6)")
+DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
+BAD_BASE64 = Reply(501, "5.5.2", "cannot decode base64")
+BAD_PLAIN = Reply(501, "5.5.2", "cannot split PLAIN credentials")
+NEED_RCPT = Reply(503, "5.5.1", "need RCPT command")
+NO_TRANSACTION = Reply(503, "5.5.1", "no mail transaction in progress")
+TOO_MUCH_DATA = Reply(552, "5.3.4", "Error: Too much mail data")
+
+
+def control_characters(verb: str) -> Reply:
+    """A MAIL or RCPT argument held a control character."""
+    return Reply(501, "5.5.4", f"control characters are not allowed in {verb} arguments")
+
+
+def provider_not_configured(provider: str, login: str) -> Reply:
+    """The user's provider is missing from the config (a reload removed it, say)."""
+    return Reply(451, "4.3.5", f"provider {provider!r} of user {login!r} is not configured")
