@@ -288,11 +288,11 @@ class QueueRunner:
                     bounce=bounce,
                 ),
             )
+            if updated is None:  # dropped by an operator meanwhile: no DSN or Sent job written
+                return queued
             self._bounces.queued(bounce, entry, "failed", len(outcome.failed))
             if sent_job is not None:
                 self._start_sent_copy(sent_job.id)
-            if updated is None:  # dropped by an operator meanwhile
-                return queued
             result = await self._conclude(updated, verdict, refused, delay)
         except Exception:
             logger.exception("queue.attempt_crashed id=%s", queue_id)
