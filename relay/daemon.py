@@ -11,12 +11,13 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from relay.config.live import LiveConfig
 from relay.config.load import load_config
 from relay.config.model import ListenerConfig, OAuthSettings, RelayConfig
-from relay.errors import ConfigError, LibraryMismatch
+from relay.errors import ConfigError, LibraryMismatch, SpoolDamaged
 from relay.listener.handler import RelayHandler, Services
 from relay.listener.protocol import RelaySMTP, aiosmtpd_gaps
 from relay.listener.tracker import SessionTracker
@@ -31,8 +32,10 @@ from relay.ops.host import (
     lock_state_dir,
 )
 from relay.ops.logs import configure_logging
-from relay.ops.metrics import MetricsServer
+from relay.ops.metrics import MetricsServer, exposure_warning, metrics_token
 from relay.ops.status import DaemonStatus, remove_status, write_status
+from relay.queue.integrity import check_spool, keep_damaged_log
+from relay.queue.pause import PauseState
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import Spool
 from relay.state.keys import key_path, load_key
@@ -64,10 +67,12 @@ class Parts:
 
 def open_services(config: RelayConfig, environ: Mapping[str, str], ops: Ops | None = None) -> Parts:
     """Open the store, master key and spool, and build the queue runner on them."""
-    ops = ops or Ops.from_environ(environ, metrics=config.metrics.enabled)
+    ops = ops or Ops.from_environ(
+        environ, metrics=config.metrics.enabled, user_labels=config.metrics.user_labels
+    )
     check_private(config.state_dir, config.database_path, config.spool_path)
     master_key = load_key(key_path(config.key_file, environ))
-    store = Store.open(config.database_path)
+    store = Store.open(config.database_path, master_key)
     tls = TlsContexts()
     pool = UpstreamPool(pool_settings(config), tls)
     spool = Spool.open(config.spool_path)
@@ -104,6 +109,7 @@ class Daemon:
         self._side_tasks: list[asyncio.Task[None]] = []
         self._metrics_server = MetricsServer(services.ops.metrics)
         self._stopped = False
+        self._status: DaemonStatus | None = None
         self.on_reload: Callable[[RelayConfig], None] | None = None
 
     @property
@@ -133,9 +139,9 @@ class Daemon:
             lambda: float(self.services.runner.stats.queued),
             lambda: self.services.runner.stats.oldest_age(),
         )
-        write_status(
-            config.state_dir, DaemonStatus(os.getpid(), time.time(), self.addresses, metrics_port)
-        )
+        self._status = DaemonStatus(os.getpid(), time.time(), self.addresses, metrics_port)
+        write_status(config.state_dir, self._status)
+        self.services.runner.watch_pause(self._pause_changed)
         # READY=1 only now: listeners accept, store and spool are open (sd_notify(3)).
         ops.notifier.ready(self._status_line())
         self._side_tasks.append(asyncio.create_task(self._report_status()))
@@ -159,14 +165,32 @@ class Daemon:
         settings = self.services.config.metrics
         if not settings.enabled:
             return None
-        port = await self._metrics_server.start(settings.address, settings.port)
+        token = metrics_token(self.services.config)
+        if token is not None:
+            self.services.ops.opened_secret(token)
+        port = await self._metrics_server.start(settings.address, settings.port, token)
         logger.info("metrics.listening address=%s port=%d", settings.address, port)
-        if not settings.is_loopback:
-            logger.warning("metrics.not_loopback address=%s (metrics name users)", settings.address)
+        warning = exposure_warning(settings)
+        if warning is not None:
+            logger.warning("metrics.not_loopback address=%s risk=%s", settings.address, warning)
         return port
+
+    def _pause_changed(self, state: PauseState) -> None:
+        """Tell `relay status` and systemd that delivery paused or resumed."""
+        if self._status is None:
+            return
+        self._status = replace(self._status, paused_since=state.since, pause_reason=state.reason)
+        try:
+            write_status(self.services.config.state_dir, self._status)
+        except OSError as error:
+            logger.warning("relay.status_unwritable error=%s", error)
+        self.services.ops.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
         stats = self.services.runner.stats
+        state = self.services.runner.pause.state
+        if state.since is not None:
+            return f"delivery paused: {state.reason}"
         return (
             f"{len(self.tracker.sessions)} sessions, {stats.queued} queued, "
             f"{stats.deferred} deferred, {stats.sent_copies} Sent copies pending"
@@ -320,11 +344,14 @@ async def serve_until_signalled(daemon: Daemon) -> None:
                 loop.remove_signal_handler(signum)
 
 
-def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
+def run_daemon(
+    config: RelayConfig, environ: Mapping[str, str], *, accept_damaged_spool: bool = False
+) -> None:
     """`relay serve`: logging as configured, then the daemon until a signal stops it."""
     check_libraries()
     lock_state_dir(config.state_dir)
     redactor = configure_logging(config.logging.level, config.logging.format, environ)
+    verify_spool(config.spool_path, accept_damaged_spool)
 
     def relog(new: RelayConfig) -> None:
         configure_logging(new.logging.level, new.logging.format, environ, redactor=redactor)
@@ -332,7 +359,14 @@ def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
     async def run() -> None:
         daemon = Daemon(
             open_services(
-                config, environ, Ops.from_environ(environ, redactor, metrics=config.metrics.enabled)
+                config,
+                environ,
+                Ops.from_environ(
+                    environ,
+                    redactor,
+                    metrics=config.metrics.enabled,
+                    user_labels=config.metrics.user_labels,
+                ),
             ),
             environ,
         )
@@ -340,6 +374,21 @@ def run_daemon(config: RelayConfig, environ: Mapping[str, str]) -> None:
         await serve_until_signalled(daemon)
 
     asyncio.run(run())
+
+
+def verify_spool(path: Path, accept_damaged: bool) -> None:
+    """Refuse to start on a damaged spool, unless told to; then keep its log aside first."""
+    damage = check_spool(path)
+    if damage is None:
+        return
+    if not accept_damaged:
+        raise SpoolDamaged(damage.report(path))
+    kept = keep_damaged_log(path)
+    logger.error(
+        "spool.damaged %s (starting anyway, as told; damaged log kept at %s)",
+        "; ".join(damage.findings),
+        kept or "-",
+    )
 
 
 def check_libraries() -> None:

@@ -42,6 +42,34 @@ class MasterKeyError(StoreError):
     """The master key is missing, malformed, or does not open a sealed secret."""
 
 
+class WrongMasterKey(MasterKeyError):
+    """A secret was sealed with another master key than the one loaded."""
+
+
+class SealDoesNotOpen(MasterKeyError):
+    """A sealed secret fails authentication: tampered, or sealed for another context."""
+
+
+class SealedForAnotherAccount(SealDoesNotOpen):
+    """A user's sealed secret does not open for the provider and upstream user their row names."""
+
+    def __init__(
+        self, login: str, secret_name: str, provider: str, upstream_user: str, fix: str
+    ) -> None:
+        self.login = login
+        self.provider = provider
+        self.upstream_user = upstream_user
+        super().__init__(
+            f"the stored {secret_name} of {login} does not open for provider {provider!r} and "
+            f"upstream user {upstream_user!r}: the database row was changed outside relay, or "
+            f"the secret is damaged, so relay sends it nowhere; if the change was meant, {fix}"
+        )
+
+
+class SpoolDamaged(StoreError):
+    """The start-up check found the spool damaged; the message says what and what to do."""
+
+
 class PolicyRejection(RelayError):
     """A local policy refuses a command; carries the exact SMTP reply."""
 
@@ -95,6 +123,10 @@ class PermanentLoginRefusal(LoginRefused, PermanentFailure):
 
 class UpstreamUnavailable(TemporaryFailure, ConnectionError):
     """The provider could not be reached or the connection broke."""
+
+
+class DeliveryInDoubt(TemporaryFailure, ConnectionError):
+    """The whole mail went out but its reply never came: the provider may have accepted it."""
 
 
 class UpstreamTimeout(TemporaryFailure, TimeoutError):

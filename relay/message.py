@@ -8,7 +8,9 @@ The body is copied once, into the upstream bytes: a 10 MB mail must not cost 10 
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -16,6 +18,13 @@ from relay.model import User
 
 CRLF = b"\r\n"
 _ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+# A Message-ID relay keeps as the app wrote it: printable ASCII without spaces, one line, of a
+# sane length. It goes into log lines (as one key=value), IMAP SEARCH for the Sent copy, the
+# duplicate fingerprint and DSNs; anything else (control characters, U+2028, 8-bit, spaces
+# that would let it pose as another log field) is replaced on arrival, never downstream.
+MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,250}")
+_FIELD_NAMES = {"from": "From", "sender": "Sender"}
+MAX_ADDRESS_FIELD = 998  # RFC 5322 §2.1.1: a line's limit; a longer From or Sender is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +117,7 @@ def field_value(field: bytes) -> str:
 
 
 def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessage:
-    """Apply relay's fix-ups: CRLF, Date, Message-ID, Bcc, and the optional From rewrite."""
+    """Apply relay's fix-ups: CRLF, Date, a usable Message-ID, Bcc, the optional From rewrite."""
     data = normalise_line_endings(raw)
     end = header_end(data)
     fields = header_fields(bytes(data[:end]))
@@ -117,18 +126,19 @@ def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessa
     if "date" not in names:
         fields.append(b"Date: " + email.utils.formatdate(now, localtime=True).encode())
     message_ids = [field_value(f) for f in fields if field_name(f) == "message-id"]
-    message_id = message_ids[0] if message_ids else email.utils.make_msgid(domain=domain)
-    if not message_ids:
+    message_id = usable_message_id(message_ids[0], domain) if message_ids else None
+    if message_id is None or len(message_ids) > 1 or message_id != message_ids[0]:
+        # One Message-ID (RFC 5322 §3.6), and one relay can use everywhere (see MESSAGE_ID).
+        message_id = message_id or email.utils.make_msgid(domain=domain)
+        fields = [f for f in fields if field_name(f) != "message-id"]
         fields.append(b"Message-ID: " + message_id.encode())
     sender = mail_from
     if user.rewrite_from:
         sender = user.email
-        from_field = (
-            b"From: " + email.utils.formataddr((_one_line(user.display_name), user.email)).encode()
-        )
-        fields = [from_field if field_name(f) == "from" else f for f in fields]
+        mailbox = email.utils.formataddr((_one_line(user.display_name), user.email)).encode()
+        fields = [_rewritten(f, mailbox) for f in fields]
         if "from" not in names:
-            fields.append(from_field)
+            fields.append(b"From: " + mailbox)
     upstream_header = _join([f for f in fields if field_name(f) != "bcc"])
     return PreparedMessage(
         # The one copy of the body: memoryview slices copy nothing before the join.
@@ -137,8 +147,56 @@ def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessa
         sent_header=_join(fields),
         message_id=message_id,
         sender=sender,
-        app_message_id=bool(message_ids),
+        app_message_id=bool(message_ids and message_ids[0]),
     )
+
+
+def usable_message_id(value: str, domain: str) -> str | None:
+    """The app's Message-ID if relay can use it as is, else one made from it; None if empty."""
+    if not value:
+        return None
+    if MESSAGE_ID.fullmatch(value):
+        return value
+    # Made from the app's value, so an app that retries the same mail is still recognised
+    # (queue.duplicate_window) although what it sent could not be kept.
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"<{digest}.replaced@{domain}>"
+
+
+def sender_fields(header: bytes) -> list[tuple[str, tuple[str, ...]]]:
+    """Each From and Sender field of a header block with every address either parser finds."""
+    found = []
+    for field in header_fields(header):
+        name = field_name(field)
+        if name in ("from", "sender"):
+            found.append((_FIELD_NAMES[name], mailbox_addresses(field_value(field))))
+    return found
+
+
+def mailbox_addresses(value: str) -> tuple[str, ...]:
+    """The addresses in a From or Sender value as the lenient and the strict parser read it.
+
+    A mail program could read an ambiguous value either way, so both readings count: an
+    address only one parser sees is still an address the recipient may be shown. "" stands
+    for what cannot be read at all.
+    """
+    if len(value) > MAX_ADDRESS_FIELD:
+        return ("",)  # both parsers take time that grows fast with length, and recurse
+    found = []
+    try:
+        found += [address for _, address in email.utils.getaddresses([value])]
+    except Exception:  # e.g. RecursionError on nested comments: nothing readable
+        found.append("")
+    try:
+        found += [a.addr_spec for a in email.policy.default.header_factory("from", value).addresses]
+    except Exception:
+        found.append("")
+    return tuple(dict.fromkeys(found))
+
+
+def _rewritten(field: bytes, mailbox: bytes) -> bytes:
+    name = field_name(field)
+    return _FIELD_NAMES[name].encode() + b": " + mailbox if name in ("from", "sender") else field
 
 
 def _join(fields: list[bytes]) -> bytes:

@@ -73,12 +73,18 @@ RECIPIENT_OK = Reply(250, "2.1.5", "recipient ok")
 DATA_OK = Reply(250, "2.0.0", "OK")
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 SHUTTING_DOWN = Reply(421, "4.3.2", "service shutting down, try again later")
+AUTH_TIMEOUT = Reply(421, "4.4.2", "timeout before authentication, closing")
+UNAUTHENTICATED_EVICTED = Reply(
+    421, "4.7.0", "too many connections not yet authenticated; the oldest is closed"
+)
 LOCAL_ERROR = Reply(451, "4.3.0", "local error, try again later")
 KEY_PROBLEM = Reply(451, "4.3.0", "local key problem: a stored upstream secret cannot be opened")
 NO_STORAGE = Reply(452, "4.3.1", "insufficient system storage, try again later")
 NO_DATA_MEMORY = Reply(
     452, "4.3.1", "insufficient system resources for more mail data, try again later"
 )
+# RFC 4954 §6: 454 4.7.0 "Temporary authentication failure".
+AUTH_BUSY = Reply(454, "4.7.0", "too many authentication attempts, try again later")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")
 LINE_TOO_LONG = Reply(500, "5.5.6", "Line too long (see RFC5321 4.5.3.1.6)")
 DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")

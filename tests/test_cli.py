@@ -12,7 +12,8 @@ from relay.cli import users as cli_users
 from relay.cli.command import main
 from relay.state.keys import load_key
 from relay.state.localauth import verify_stored_hash
-from relay.state.store import UPSTREAM_CREDENTIAL, Store, secret_context
+from relay.state.sealing import UPSTREAM_CREDENTIAL, user_context
+from relay.state.store import Store
 from tests.harness import RelaySetup, write_config
 
 LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}
@@ -52,7 +53,7 @@ def test_user_add_prints_the_local_secret_once_and_seals_the_password(setup: Rel
     assert verify_stored_hash(user.local_hash, secret.encode())
     assert user.sealed_secret is not None
     opened = load_key(setup.key_file).open(
-        user.sealed_secret, secret_context("alice", UPSTREAM_CREDENTIAL)
+        user.sealed_secret, user_context(user, UPSTREAM_CREDENTIAL)
     )
     assert opened.reveal() == "upstream pass word"
     shown = setup.cli("user", "show", "alice")
@@ -161,11 +162,12 @@ def test_set_password_reseals_the_new_upstream_password(setup: RelaySetup, tmp_p
     new_file.write_text("new-pw\n")
     assert setup.cli("user", "set-password", "alice", "--password-file", str(new_file)).status == 0
     store = Store.open(setup.state_dir / "relay.db")
-    sealed = store.get_user("alice").sealed_secret
+    alice = store.get_user("alice")
     store.close()
-    assert sealed is not None
+    assert alice.sealed_secret is not None
     key = load_key(setup.key_file)
-    assert key.open(sealed, secret_context("alice", UPSTREAM_CREDENTIAL)).reveal() == "new-pw"
+    opened = key.open(alice.sealed_secret, user_context(alice, UPSTREAM_CREDENTIAL))
+    assert opened.reveal() == "new-pw"
 
 
 def test_commands_on_an_unknown_user_fail_with_its_name(setup: RelaySetup) -> None:
@@ -235,7 +237,9 @@ def test_user_set_without_a_change_says_what_to_give(setup: RelaySetup) -> None:
     setup.add_user("alice", "agency", "alice@gmail.com", "pw")
     result = setup.cli("user", "set", "alice")
     assert result.status == 1
-    assert "give --sent-copy, --sent-folder or --no-sent-folder" in result.err
+    assert "give --provider, --upstream-user, --sent-copy, --sent-folder or --no-sent-folder" in (
+        result.err
+    )
 
 
 def test_user_add_warns_but_adds_when_the_domains_mail_goes_elsewhere(

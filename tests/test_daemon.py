@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -12,8 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.harness import relay_process, write_config
+from tests.test_server import provider_for
+from tests.upstream import recording_upstream
 
 LAB = {"smtp": {"host": "mail.example.org", "port": 587, "tls": "starttls"}}
 # systemd's side of sd_listen_fds(3): the socket at fd 3, LISTEN_PID naming the service itself.
@@ -109,3 +114,42 @@ def test_a_second_relay_serve_on_the_same_state_dir_is_refused_naming_the_first(
         assert first.process.poll() is None  # the first one keeps running
     assert second.returncode == 1
     assert f"another relay serve (pid {first.process.pid}) is running" in second.stderr
+
+
+async def test_sigterm_with_an_attempt_stalled_at_the_end_of_data_exits_within_shutdown_grace(
+    tmp_path: Path,
+) -> None:
+    async with recording_upstream(trustme.CA(), tmp_path) as upstream:
+        stalled = asyncio.Event()
+
+        async def never_answer(*_: object) -> str:
+            stalled.set()
+            await asyncio.Event().wait()
+            return "250 never"
+
+        upstream.handler.handle_DATA = never_answer  # type: ignore[method-assign,assignment]  # a stall
+        setup = write_config(
+            tmp_path / "relay",
+            {"lab": provider_for(upstream)},
+            shutdown_grace=2,
+            queue={"first_attempt_timeout": 0.5},
+        )
+        secret = setup.add_user("alice", "lab", "alice@example.org", "upstream-Pa55")
+        with relay_process(setup) as relay:
+            reply = await asyncio.to_thread(send_as_app, relay.port, secret)
+            await asyncio.wait_for(stalled.wait(), timeout=10)
+            relay.process.send_signal(signal.SIGTERM)
+            # The attempt is cut at the end of the grace time: no QUIT is waited for after it.
+            status = await asyncio.to_thread(relay.process.wait, 2 + 2.5)
+    assert reply.startswith(b"2.0.0 queued as ")
+    assert status == 0
+
+
+def send_as_app(port: int, secret: str) -> bytes:
+    """One mail through relay with smtplib; relay's reply to DATA."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.login("alice", secret)
+        client.mail("alice@example.org")
+        client.rcpt("bob@example.net")
+        _, reply = client.data(b"Subject: stall\r\n\r\nbody\r\n")
+    return reply

@@ -36,12 +36,23 @@ def test_chosen_secret_is_stored_with_scrypt() -> None:
     assert not verify_stored_hash(stored, b"correct horse")
 
 
-async def test_verifier_accepts_cached_chosen_secret_and_still_refuses_wrong_one() -> None:
+async def test_verifier_proves_a_cached_chosen_secret_cheaply_and_still_refuses_wrong_one() -> None:
     stored = hash_chosen_secret(Secret("correct horse battery"))
     verifier = LocalVerifier()
+    assert not verifier.proven("alice", stored, b"correct horse battery")  # not verified yet
     assert await verifier.verify("alice", stored, b"correct horse battery")
-    assert await verifier.verify("alice", stored, b"correct horse battery")
+    assert verifier.proven("alice", stored, b"correct horse battery")
+    assert not verifier.proven("alice", stored, b"wrong horse battery")
     assert not await verifier.verify("alice", stored, b"wrong horse battery")
+
+
+async def test_verifier_refuses_no_login_and_proves_a_generated_secret_without_scrypt() -> None:
+    secret = generate_local_secret()
+    stored = hash_generated_secret(secret)
+    verifier = LocalVerifier()
+    assert verifier.proven("bob", stored, secret.reveal().encode())
+    assert await verifier.verify("bob", stored, secret.reveal().encode())
+    assert not await verifier.verify("nobody", None, b"anything")
 
 
 async def test_verifier_cache_does_not_survive_a_new_secret() -> None:
@@ -49,5 +60,6 @@ async def test_verifier_cache_does_not_survive_a_new_secret() -> None:
     old = hash_chosen_secret(Secret("first secret value"))
     assert await verifier.verify("alice", old, b"first secret value")
     new = hash_chosen_secret(Secret("second secret value"))
+    assert not verifier.proven("alice", new, b"first secret value")
     assert not await verifier.verify("alice", new, b"first secret value")
     assert await verifier.verify("alice", new, b"second secret value")

@@ -286,3 +286,99 @@ def test_filter_keeps_only_digests_and_does_not_show_them() -> None:
     assert all(len(digest) == 16 for digest in redactor._digests)
     assert SECRET.encode() not in b"".join(redactor._digests)
     assert redactor.redact(f"a {SECRET} b {SECRET}{SECRET}") == "a *** b ******"
+
+
+# Control characters and Unicode line separators (issue 21, item 8).
+
+FORGED = "\x1b[2K\r2026-01-01 00:00:00,000 INFO relay.server auth.ok session=x login=bob"
+
+
+@pytest.mark.parametrize(
+    ("char", "shown"),
+    [
+        ("\x1b", "\\x1b"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+        ("\x85", "\\x85"),
+        ("\x00", "\\x00"),
+        ("\x07", "\\x07"),
+        ("\x7f", "\\x7f"),
+        ("\x9b", "\\x9b"),
+        ("\t", "\\t"),
+        ("\v", "\\x0b"),
+        ("\f", "\\x0c"),
+        ("\x1c", "\\x1c"),
+        ("\u202e", "\\u202e"),
+    ],
+    ids=[
+        "esc",
+        "u2028",
+        "u2029",
+        "nel",
+        "nul",
+        "bel",
+        "del",
+        "csi",
+        "tab",
+        "vt",
+        "ff",
+        "fs",
+        "rlo",
+    ],
+)
+def test_control_or_separator_in_a_field_value_is_escaped_on_one_text_line(
+    char: str, shown: str
+) -> None:
+    stream = configured()
+    logger.info("message.reply user=alice msg_id=%s rcpts=1", f"<a{char}b@app>")
+    output = stream.getvalue()
+    assert output.count("\n") == 1 and output.endswith("\n")
+    (line,) = output.splitlines()  # str.splitlines breaks at U+2028, U+0085, FS, VT, FF too
+    assert line.endswith(f"message.reply user=alice msg_id=<a{shown}b@app> rcpts=1")
+    assert char not in line
+
+
+def test_esc_and_u2028_in_a_message_id_cannot_forge_an_auth_line() -> None:
+    stream = configured()
+    logger.info("message.reply user=alice msg_id=%s", f"<x@app>\u2028{FORGED}")
+    (line,) = stream.getvalue().splitlines()
+    assert "\x1b" not in line and "\u2028" not in line and "\r" not in line
+    assert line.endswith(
+        "msg_id=<x@app>\\u2028\\x1b[2K\\r2026-01-01 00:00:00,000 INFO "
+        "relay.server auth.ok session=x login=bob"
+    )
+
+
+def test_traceback_keeps_its_line_breaks_but_not_its_escape_sequences() -> None:
+    stream = configured()
+    try:
+        raise ValueError("bad id <a\x1b[31m@app>\u2028x")
+    except ValueError:
+        logger.exception("queue.job_crashed id=q1")
+    output = stream.getvalue()
+    assert "\x1b" not in output and "\u2028" not in output
+    assert output.splitlines()[0].endswith("queue.job_crashed id=q1")
+    assert output.splitlines()[-1] == "ValueError: bad id <a\\x1b[31m@app>\\u2028x"
+
+
+def test_json_lines_stay_one_line_with_esc_and_u2028_and_keep_the_value() -> None:
+    stream = configured("json")
+    logger.info("message.reply msg_id=%s rcpts=1", "<a\x1b\u2028b@app>")
+    raw = stream.getvalue()
+    assert "\x1b" not in raw and "\u2028" not in raw
+    (line,) = raw.splitlines()
+    assert json.loads(line)["fields"] == {"msg_id": "<a\x1b\u2028b@app>", "rcpts": "1"}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_secret_next_to_control_characters_is_still_redacted(fmt: str) -> None:
+    stream = io.StringIO()
+    redactor_on(stream, fmt).register(SECRET)
+    logger.info("upstream.auth detail=%s", f"\x1b{SECRET}\u2028{SECRET}\x85")
+    logger.info("upstream.auth user=alice password=%s", f"{SECRET}\x1b")
+    output = stream.getvalue()
+    assert SECRET not in output
+    assert len(output.splitlines()) == 2
+    if fmt == "text":
+        assert output.splitlines()[0].endswith("detail=\\x1b***\\u2028***\\x85")
+        assert output.splitlines()[1].endswith("password=***")

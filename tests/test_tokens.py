@@ -42,6 +42,7 @@ class Keeper:
     store: Store
     key: MasterKey
     settings: OAuthSettings
+    user: User
 
     async def bearer(self) -> Secret:
         return await self.tokens.bearer("alice", "lab", self.settings)
@@ -49,7 +50,7 @@ class Keeper:
     def stored_refresh_token(self) -> str:
         grant = self.store.grants.get("alice")
         assert grant is not None and grant.sealed_refresh is not None
-        return self.key.open(grant.sealed_refresh, refresh_token_context("alice")).reveal()
+        return self.key.open(grant.sealed_refresh, refresh_token_context(self.user)).reveal()
 
 
 def settings_for(server: AuthorizationServer, tmp_path: Path) -> OAuthSettings:
@@ -77,12 +78,13 @@ def endpoint() -> TokenEndpoint:
 async def keeper(server: AuthorizationServer, tmp_path: Path) -> AsyncIterator[Keeper]:
     store = Store.create(tmp_path / "relay.db")
     key = MasterKey(os.urandom(32))
-    store.add_user(User("alice", "lab", ALICE, ALICE, "hash", None, auth=UpstreamAuth.OAUTH2))
+    alice = User("alice", "lab", ALICE, ALICE, "hash", None, auth=UpstreamAuth.OAUTH2)
+    store.add_user(alice)
     _, refresh = server.issue_tokens(ALICE)
-    sealed = key.seal(Secret(refresh), refresh_token_context("alice"))
+    sealed = key.seal(Secret(refresh), refresh_token_context(alice))
     store.grants.authorized("alice", sealed, DEFAULT_SCOPES, 0.0)
     tokens = AccessTokens(store, key, endpoint)
-    yield Keeper(tokens, store, key, settings_for(server, tmp_path))
+    yield Keeper(tokens, store, key, settings_for(server, tmp_path), alice)
     await tokens.close()
     store.close()
 

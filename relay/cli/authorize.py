@@ -69,7 +69,7 @@ def cmd_user_authorize(args: argparse.Namespace) -> int:
                 "remove relay at myaccount.google.com/permissions and authorize again; elsewhere, "
                 "make sure the scopes include offline_access"
             )
-        sealed = key.seal(grant.refresh_token, refresh_token_context(user.login))
+        sealed = key.seal(grant.refresh_token, refresh_token_context(user))
         store.grants.authorized(user.login, sealed, grant.scopes, grant.expires_at)
         # The password is of no more use; keeping it would keep a secret for nothing.
         store.switch_to_oauth2(user.login)

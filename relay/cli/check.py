@@ -49,10 +49,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Check one user; store the result; exit 1 when a stage failed."""
     config = cli_config(args)
     send_to = None if args.send_to is None else checked_email(args.send_to, "--send-to")
-    store = Store.open(config.database_path)
+    key = _master_key(config.key_file)
+    store = Store.open(config.database_path, key if isinstance(key, MasterKey) else None)
     try:
         user = store.get_user(args.login)
-        secrets = _Secrets(config, store, user, _master_key(config.key_file))
+        secrets = _Secrets(config, store, user, key)
         report = asyncio.run(_checked(config, user, secrets, send_to))
         if report.passed and user.awaiting_check:
             store.update_user(replace(user, enabled=True, awaiting_check=False))

@@ -49,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("init", help="create the state dir, database and key file").set_defaults(
         run=cmd_init
     )
-    commands.add_parser("serve", help="run the daemon in the foreground").set_defaults(
-        run=cmd_serve
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument(
+        "--accept-damaged-spool",
+        action="store_true",
+        help="start even if the start-up check finds the spool damaged (its log is kept aside)",
     )
+    serve.set_defaults(run=cmd_serve)
     config = commands.add_parser("config", help="configuration").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -80,7 +84,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
-    run_daemon(cli_config(args), os.environ)
+    run_daemon(cli_config(args), os.environ, accept_damaged_spool=args.accept_damaged_spool)
     return 0
 
 

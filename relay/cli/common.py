@@ -36,7 +36,7 @@ def cli_config(args: argparse.Namespace) -> RelayConfig:
 def open_store(config: RelayConfig) -> Iterator[tuple[Store, MasterKey]]:
     """The master key and the open store; the store is closed afterwards."""
     key = load_key(key_path(config.key_file, os.environ))
-    store = Store.open(config.database_path)
+    store = Store.open(config.database_path, key)
     try:
         yield store, key
     finally:

@@ -84,10 +84,16 @@ def _daemon_line(config: RelayConfig) -> str:
         return f"relay: not running (figures below are from {config.state_dir})"
     listening = ", ".join(f"{address}:{port}" for address, port in running.listening)
     metrics = f"; metrics on port {running.metrics_port}" if running.metrics_port else ""
-    return (
+    line = (
         f"relay: running (pid {running.pid}, up {_age(uptime(running.started))}), "
         f"listening on {listening}{metrics}"
     )
+    if running.paused_since is not None:
+        line += (
+            f"\nDELIVERY PAUSED for {_age(time.time() - running.paused_since)}: "
+            f"{running.pause_reason}; new mail gets 452 4.3.1 until the spool can be written"
+        )
+    return line
 
 
 def _age(seconds: float) -> str:

@@ -18,13 +18,14 @@ from relay.cli.common import (
     timestamp,
     user_state,
 )
+from relay.cli.move import moved_user, rebind_user
 from relay.cli.secretinput import announce_local_secret, read_local_secret, read_password
 from relay.config.model import ProviderConfig
 from relay.model import CheckRecord, OAuthGrant, UpstreamAuth, User
 from relay.providers.presets import MX_SUFFIXES, SentCopy, address_domain, email_fits, mx_mismatch
 from relay.sent.filing import plan_sent_copy
 from relay.state.localauth import is_slow_hash
-from relay.state.store import UPSTREAM_CREDENTIAL, secret_context
+from relay.state.sealing import UPSTREAM_CREDENTIAL, user_context
 
 SENT_COPY_CHOICES = ("provider", "auto", "always", "never")
 MX_LOOKUP_SECONDS = 3.0  # a warning is not worth a long wait at 'user add'
@@ -71,8 +72,12 @@ def add_user_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     new_secret.add_argument("--local-password-file", type=Path, help="choose the local secret")
     new_secret.set_defaults(run=cmd_user_new_secret)
 
-    set_sent = users.add_parser("set", help="change a user's Sent copy settings")
+    set_sent = users.add_parser(
+        "set", help="change a user's provider, upstream user or Sent copy settings"
+    )
     set_sent.add_argument("login")
+    set_sent.add_argument("--provider", help="move the user to this provider from config.yaml")
+    set_sent.add_argument("--upstream-user", help="the provider login relay logs in as")
     _add_sent_options(set_sent)
     set_sent.add_argument(
         "--no-sent-folder", action="store_true", help="find the Sent folder again by itself"
@@ -132,27 +137,27 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     if mx_warning is not None:
         print(f"relay: warning: {mx_warning}", file=sys.stderr)
     awaiting = config.enable_after_check
+    user = User(
+        login=login,
+        provider=args.provider,
+        email=email,
+        upstream_user=upstream_user,
+        display_name=display_name,
+        aliases=aliases,
+        rewrite_from=args.rewrite_from,
+        local_hash=local_hash,
+        sealed_secret=None,
+        auth=UpstreamAuth.PASSWORD if password else UpstreamAuth.OAUTH2,
+        sent_copy=_sent_copy_choice(args.sent_copy, provider),
+        sent_folder=_checked_text(args.sent_folder, "--sent-folder"),
+        enabled=not awaiting,
+        awaiting_check=awaiting,
+    )
     with open_store(config) as (store, key):
-        store.add_user(
-            User(
-                login=login,
-                provider=args.provider,
-                email=email,
-                upstream_user=upstream_user,
-                display_name=display_name,
-                aliases=aliases,
-                rewrite_from=args.rewrite_from,
-                local_hash=local_hash,
-                sealed_secret=None
-                if password is None
-                else key.seal(password, secret_context(login, UPSTREAM_CREDENTIAL)),
-                auth=UpstreamAuth.PASSWORD if password else UpstreamAuth.OAUTH2,
-                sent_copy=_sent_copy_choice(args.sent_copy, provider),
-                sent_folder=_checked_text(args.sent_folder, "--sent-folder"),
-                enabled=not awaiting,
-                awaiting_check=awaiting,
-            )
-        )
+        if password is not None:
+            sealed = key.seal(password, user_context(user, UPSTREAM_CREDENTIAL))
+            user = replace(user, sealed_secret=sealed)
+        store.add_user(user)
     announce_local_secret(login, local_secret, sys.stdout, sys.stderr)
     if awaiting:
         print(f"user {login}: disabled until 'relay check {login}' passes", file=sys.stderr)
@@ -233,23 +238,41 @@ def _describe_sent_copy(user: User, provider: ProviderConfig | None) -> str:
 
 
 def cmd_user_set(args: argparse.Namespace) -> int:
-    """Change a user's Sent copy settings."""
+    """Change a user's provider, upstream user or Sent copy settings."""
     if args.sent_folder is not None and args.no_sent_folder:
         raise UsageError("give either --sent-folder or --no-sent-folder, not both")
-    if args.sent_copy is None and args.sent_folder is None and not args.no_sent_folder:
-        raise UsageError("nothing to change: give --sent-copy, --sent-folder or --no-sent-folder")
+    moving = args.provider is not None or args.upstream_user is not None
+    sent = args.sent_copy is not None or args.sent_folder is not None or args.no_sent_folder
+    if not moving and not sent:
+        raise UsageError(
+            "nothing to change: give --provider, --upstream-user, --sent-copy, --sent-folder "
+            "or --no-sent-folder"
+        )
     config = cli_config(args)
-    with open_store(config) as (store, _):
-        user = store.get_user(args.login)
+    with open_store(config) as (store, key):
+        user = before = store.get_user(args.login)
+        if moving:
+            upstream = _checked_text(args.upstream_user, "--upstream-user")
+            user = moved_user(config.providers, user, args.provider, upstream)
         if args.sent_copy is not None:
             provider = config.providers.get(user.provider)
             user = replace(user, sent_copy=_sent_copy_choice(args.sent_copy, provider))
         if args.sent_folder is not None or args.no_sent_folder:
             folder = _checked_text(args.sent_folder, "--sent-folder")
             user = replace(user, sent_folder=folder)
-        store.update_user(user)
+        if (user.provider, user.upstream_user) == (before.provider, before.upstream_user):
+            store.update_user(user)
+        else:
+            if config.enable_after_check and (user.enabled or user.awaiting_check):
+                user = replace(user, enabled=False, awaiting_check=True)
+            rebind_user(store, key, before, user)
+            print(f"user {user.login}: provider {user.provider}, upstream {user.upstream_user}")
     copy = user.sent_copy.value if user.sent_copy else "as provider"
     print(f"user {user.login}: sent copy {copy}, sent folder {user.sent_folder or '(found)'}")
+    if user.awaiting_check and not before.awaiting_check:
+        print(
+            f"user {user.login}: disabled until 'relay check {user.login}' passes", file=sys.stderr
+        )
     return 0
 
 
@@ -297,7 +320,7 @@ def cmd_user_set_password(args: argparse.Namespace) -> int:
     with open_store(config) as (store, key):
         user = store.get_user(args.login)
         password = read_password(args, f"upstream password for {user.email}: ")
-        sealed = key.seal(password, secret_context(user.login, UPSTREAM_CREDENTIAL))
+        sealed = key.seal(password, user_context(user, UPSTREAM_CREDENTIAL))
         # A user someone disabled stays disabled; an enabled one waits for a passing check.
         awaiting = config.enable_after_check and (user.enabled or user.awaiting_check)
         if awaiting:

@@ -15,6 +15,7 @@ from relay.config.model import (
     DEFAULT_STATE_DIR,
     LOG_FORMATS,
     LOG_LEVELS,
+    USER_LABELS,
     LimitsConfig,
     ListenerConfig,
     LoggingConfig,
@@ -194,10 +195,26 @@ def _limits(reader: Reader, s: Section) -> LimitsConfig:
         auth_failure_max_delay=_seconds(
             reader, s, default, "auth_failure_max_delay", allow_zero=True
         ),
+        max_concurrent_auth=_count(reader, s, default, "max_concurrent_auth"),
+        unauthenticated_timeout=_seconds(reader, s, default, "unauthenticated_timeout"),
+        unauthenticated_share=_share(reader, s, default, "unauthenticated_share"),
         messages_per_minute=_count(reader, s, default, "messages_per_minute", low=0),
         messages_per_day=_count(reader, s, default, "messages_per_day", low=0),
         max_data_in_memory=_data_in_memory(reader, s, default, largest),
     )
+
+
+def _share(reader: Reader, s: Section, default: object, name: str) -> float:
+    """A fraction above 0 and at most 1, or the default dataclass's value for it."""
+    value = s.get(name)
+    fallback: float = getattr(default, name)
+    if value is None:
+        return fallback
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    why = f"expected a share above 0 and at most 1 (like 0.5), got {shown(value)}"
+    reader.fail(s.key(name), why)
+    return fallback
 
 
 def _data_in_memory(reader: Reader, s: Section, default: LimitsConfig, largest: int) -> int:
@@ -267,8 +284,15 @@ def _logging(reader: Reader, s: Section) -> LoggingConfig:
 def _metrics(reader: Reader, s: Section) -> MetricsConfig:
     default = MetricsConfig()
     address = _address(reader, s)
-    return MetricsConfig(
+    metrics = MetricsConfig(
         enabled=or_default(reader.boolean(s, "enabled"), default.enabled),
         address=address or default.address,
         port=or_default(reader.integer(s, "port", 0, 65535), default.port),
+        token_file=reader.readable_file(s, "token_file"),
+        user_labels=or_default(reader.one_of(s, "user_labels", USER_LABELS), default.user_labels),
     )
+    try:
+        metrics.token()  # read now so that `relay config check` says what is wrong with it
+    except ValueError as error:
+        reader.fail(s.key("token_file"), str(error))
+    return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ DEFAULT_STATE_DIR = Path("/var/lib/relay")
 DEFAULT_KEY_FILE = Path("/etc/relay/relay.key")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+USER_LABELS = ("login", "hash", "drop")
+# RFC 6750 §2.1 b64token, at least 16 characters so that a guessable word is refused.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
 DEFAULT_METRICS_PORT = 9325
 
 
@@ -50,6 +54,9 @@ class ProviderConfig:
     max_recipients: int | None
     sent_folder: str | None
     oauth2: OAuthSettings | None = None
+    # Let users put any address in From: for a provider that enforces From itself (Gmail's
+    # "send mail as" addresses); Sender and the envelope sender stay the user's own.
+    allow_foreign_from: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +67,18 @@ class LimitsConfig:
     max_recipients: int = 100
     max_connections: int = 500
     max_connections_per_ip: int = 100
-    # Networks whose clients max_connections_per_ip does not count, as Postfix exempts
-    # $mynetworks: every local app shares 127.0.0.1.
+    # Networks whose logged-in clients max_connections_per_ip does not count, as Postfix
+    # exempts $mynetworks, and whose address has no failed-login count: every local app shares
+    # 127.0.0.1.
     per_ip_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     auth_failure_delay: float = 2.0
     auth_failure_max_delay: float = 15.0
+    # AUTHs that need the slow check (scrypt, 32 MiB each) at once; more get 454 4.7.0.
+    max_concurrent_auth: int = 8
+    # Seconds from connecting to a successful AUTH, not reset by commands (Postfix and Dovecot
+    # give tens of seconds); a share of max_connections that unauthenticated sessions may hold.
+    unauthenticated_timeout: float = 30.0
+    unauthenticated_share: float = 0.5
     messages_per_minute: int = 0  # 0: no limit of relay's own
     messages_per_day: int = 0
     # DATA held in memory by all sessions at once (relay keeps a mail in memory until it is
@@ -111,11 +125,30 @@ class MetricsConfig:
     enabled: bool = False
     address: str = "127.0.0.1"
     port: int = DEFAULT_METRICS_PORT
+    # A file holding the bearer token scrapers must send; None: no token asked for.
+    token_file: Path | None = None
+    user_labels: str = "login"  # login | hash | drop: what the per-user `user` label shows
 
     @property
     def is_loopback(self) -> bool:
         """True when only this machine can scrape the metrics."""
         return is_loopback_address(self.address)
+
+    def token(self) -> Secret | None:
+        """The bearer token in token_file, read now; ValueError saying why it cannot be used."""
+        if self.token_file is None:
+            return None
+        try:
+            text = self.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            why = getattr(error, "strerror", None) or str(error)
+            raise ValueError(f"cannot read {self.token_file}: {why}") from None
+        if not _BEARER_TOKEN.fullmatch(text):
+            raise ValueError(
+                f"{self.token_file} must hold one token of at least 16 letters, digits or "
+                "-._~+/ (for example the output of `openssl rand -hex 32`)"
+            )
+        return Secret(text)
 
 
 @dataclass(frozen=True, slots=True)

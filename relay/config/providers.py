@@ -23,7 +23,7 @@ _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 # The file's keys are the field names, so render_config and parse_config cannot drift apart.
-PROVIDER_KEYS = field_keys(ProviderConfig, "name", "files_sent_itself")
+PROVIDER_KEYS = field_keys(ProviderConfig, "name")
 
 
 def provider_configs(reader: Reader, top: Section) -> Mapping[str, ProviderConfig]:
@@ -61,6 +61,8 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
     max_recipients = reader.integer(s, "max_recipients")
     ca_file = reader.readable_file(s, "ca_file")
     sent_folder = reader.text(s, "sent_folder")
+    # A host that files each submitted mail in Sent by itself (as Gmail does) says so here.
+    files_sent_itself = reader.boolean(s, "files_sent_itself")
     oauth2 = oauth_settings(
         reader, s, preset.name if preset else None, preset.oauth2 if preset else None
     )
@@ -73,11 +75,14 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         imap=imap,
         ca_file=ca_file,
         sent_copy=sent_copy,
-        files_sent_itself=preset.files_sent_itself if preset else False,
+        files_sent_itself=or_default(
+            files_sent_itself, preset.files_sent_itself if preset else False
+        ),
         domains=or_default(domains, preset.domains if preset else ()),
         max_recipients=or_default(max_recipients, preset.max_recipients if preset else None),
         sent_folder=sent_folder,
         oauth2=oauth2,
+        allow_foreign_from=or_default(reader.boolean(s, "allow_foreign_from"), False),
     )
 
 

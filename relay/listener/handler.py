@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import logging
 import time
@@ -12,17 +11,18 @@ from dataclasses import dataclass
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from relay.config.live import LiveConfig
-from relay.config.model import LimitsConfig, RelayConfig
+from relay.config.model import RelayConfig
 from relay.errors import RelayError, smtp_reply
 from relay.listener.answers import answer
+from relay.listener.authgate import Attempt, AuthBusy, AuthGate, Penalty
 from relay.listener.protocol import HookTable, RelaySMTP
-from relay.listener.throttle import FailureCounter, SendCounter
-from relay.message import prepare
+from relay.listener.throttle import SendCounter
+from relay.message import prepare, sender_fields
 from relay.model import User
 from relay.ops.channels import Ops
 from relay.policy import (
-    auth_delay,
     effective_recipient_limit,
+    header_sender_refusal,
     login_refusal,
     rate_refusal,
     recipient_count_refusal,
@@ -30,6 +30,7 @@ from relay.policy import (
 )
 from relay.queue.runner import QueueRunner
 from relay.reply import (
+    AUTH_BUSY,
     BAD_BASE64,
     BAD_PLAIN,
     LOCAL_ERROR,
@@ -68,7 +69,7 @@ class RelayHandler(HookTable):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self.services = services
-        self.failures = FailureCounter()
+        self.gate = AuthGate()
         self.sends = SendCounter()
 
     async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
@@ -94,40 +95,45 @@ class RelayHandler(HookTable):
 
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         name = login.decode("utf-8", "replace")
-        keys = (f"ip:{server.peer_address}", f"login:{name}")
-        limits = server.config.limits
-        now = time.monotonic()
-        failures = max(self.failures.count(key, now) for key in keys)
-        # Like Dovecot's auth penalty: recent failures slow every further try, in parallel too.
-        delay = auth_delay(failures, limits.auth_failure_delay, limits.auth_failure_max_delay)
-        if delay:
-            await asyncio.sleep(delay)
         user = server.services.store.find_user(name)
-        secret_ok = user is not None and await server.services.verifier.verify(
-            user.login, user.local_hash, password
-        )
-        refusal = login_refusal(user, secret_ok)
-        if refusal is not None:
-            why = "unknown" if user is None else "disabled" if secret_ok else "bad secret"
-            # An unknown login may be a password typed into the wrong field: never log it.
-            shown = repr(name) if user is not None else f"<unknown, {len(name)} chars>"
-            logger.warning(
-                "auth.failed session=%s login=%s reason=%s", server.session_id, shown, why
-            )
-            server.services.ops.metrics.auth_failed()
-            self._count_failure(keys, server.config.limits)
-            return AuthResult(success=False, handled=False, message=refusal.reply.line)
-        for key in keys:
-            self.failures.forget(key)
-        logger.info("auth.ok session=%s login=%s", server.session_id, name)
-        return AuthResult(success=True, auth_data=user)
+        verifier = server.services.verifier
+        enabled = user if user is not None and user.enabled else None
+        if enabled is not None and verifier.proven(name, enabled.local_hash, password):
+            # A right secret proven cheaply is answered at once, whatever guessing goes on.
+            return _logged_in(server, enabled)
+        address = server.peer_address
+        # No address key where every local app shares the address (issue 21).
+        exempt = server.tracker.is_exempt(address)
+        attempt = Attempt(name, user is not None, None if exempt else address)
+        # An unknown login may be a password typed into the wrong field: never log it.
+        shown = repr(name) if user is not None else f"<unknown, {len(name)} chars>"
 
-    def _count_failure(self, keys: tuple[str, ...], limits: LimitsConfig) -> None:
-        for key in keys:
-            count = self.failures.failed(key, time.monotonic())
-            if count == LOCKOUT_FAILURES:
-                delay = auth_delay(count, limits.auth_failure_delay, limits.auth_failure_max_delay)
-                logger.warning("auth.lockout key=%r failures=%d delay=%.0fs", key, count, delay)
+        def proven() -> bool:
+            return enabled is not None and verifier.proven(name, enabled.local_hash, password)
+
+        async def check() -> bool:
+            return await verifier.verify(name, None if user is None else user.local_hash, password)
+
+        limits = server.config.limits
+        try:
+            secret_ok = await self.gate.verify(attempt, limits, proven, check)
+        except AuthBusy:
+            logger.warning("auth.busy session=%s login=%s", server.session_id, shown)
+            return AuthResult(success=False, handled=False, message=AUTH_BUSY.line)
+        refusal = login_refusal(user, secret_ok)
+        if refusal is None and user is not None:
+            self.gate.succeeded(attempt)
+            return _logged_in(server, user)
+        why = "unknown" if user is None else "disabled" if secret_ok else "bad secret"
+        logger.warning("auth.failed session=%s login=%s reason=%s", server.session_id, shown, why)
+        server.services.ops.metrics.auth_failed()
+        penalty = self.gate.failed(attempt, limits)
+        _log_lockout(f"login:{name}" if user is not None else "login:<unknown>", penalty)
+        # The guess pays, not the next try: its answer is held, and the gate keeps its login
+        # (and a non-exempt address) from verifying anything unproven until the penalty is over.
+        await penalty.over.wait()
+        reply = refusal.reply if refusal is not None else LOCAL_ERROR  # None: only with a user
+        return AuthResult(success=False, handled=False, message=reply.line)
 
     async def handle_MAIL(  # noqa: N802
         self,
@@ -190,6 +196,23 @@ class RelayHandler(HookTable):
         prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
         # The prepared copy is all that is needed from here: free the DATA buffer now.
         envelope.content = envelope.original_content = None
+        provider = server.config.providers[user.provider]
+        # After prepare: a --rewrite-from user's From and Sender are their own by now.
+        refusal = header_sender_refusal(
+            sender_fields(prepared.upstream_header),
+            user,
+            provider.preset,
+            foreign_from=provider.allow_foreign_from,
+        )
+        if refusal is not None:
+            logger.warning(
+                "message.refused session=%s user=%s msg_id=%s reply=%r",
+                server.session_id,
+                user.login,
+                prepared.message_id,
+                refusal.reply.line,
+            )
+            return refusal.reply.line
         try:
             result = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
             reply = answer(result)
@@ -223,6 +246,22 @@ async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str)
     except (binascii.Error, ValueError):
         await server.push(BAD_BASE64.line)
         return None
+
+
+def _logged_in(server: RelaySMTP, user: User) -> AuthResult:
+    logger.info("auth.ok session=%s login=%s", server.session_id, user.login)
+    return AuthResult(success=True, auth_data=user)
+
+
+def _log_lockout(login_key: str, penalty: Penalty) -> None:
+    for key, failures in (
+        (login_key, penalty.login_failures),
+        (penalty.address_key, penalty.address_failures),
+    ):
+        if failures == LOCKOUT_FAILURES:
+            logger.warning(
+                "auth.lockout key=%r failures=%d delay=%.0fs", key, failures, penalty.delay
+            )
 
 
 def _user_of(session: Session) -> User:

@@ -17,11 +17,13 @@ from relay.listener.tracker import peer_address
 from relay.listener.wire import has_control, plain_address, reply_text
 from relay.reply import (
     AUTH_LINE_TOO_LONG,
+    AUTH_TIMEOUT,
     DATA_OK,
     DATA_SYNTAX,
     NEED_RCPT,
     SHUTTING_DOWN,
     START_DATA,
+    UNAUTHENTICATED_EVICTED,
     control_characters,
 )
 
@@ -70,6 +72,7 @@ class RelaySMTP(SMTP):
         self.tracker = tracker
         self.opened = time.monotonic()
         self.refused = False
+        self.auth_deadline: asyncio.TimerHandle | None = None
         self.held_lines = ""  # the lines of a multiline reply so far
         self.services: Services = handler.services
         # The config a session started with stays its config, even across a reload (SIGHUP).
@@ -84,7 +87,7 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport: Any) -> None:
         first = self.transport is None
         if first:
-            refusal = self.tracker.refusal_for(transport)
+            refusal = self.tracker.admit(transport)
             if refusal is not None:
                 self.refused = True
                 line = refusal.reply.line
@@ -97,10 +100,17 @@ class RelaySMTP(SMTP):
             self.services.ops.metrics.session_opened()
             self.tracker.add(self)
             logger.info("session.start session=%s peer=%s", self.session_id, _peer(self.session))
+            # A deadline from connecting, not an idle timer: commands before AUTH do not extend
+            # it, so a client that never logs in cannot hold a slot with NOOPs (issue 21).
+            self.auth_deadline = asyncio.get_running_loop().call_later(
+                self.config.limits.unauthenticated_timeout, self._auth_expired
+            )
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
             return
+        if self.auth_deadline is not None:
+            self.auth_deadline.cancel()
         logger.info(
             "session.end session=%s seconds=%.3f", self.session_id, time.monotonic() - self.opened
         )
@@ -143,6 +153,29 @@ class RelaySMTP(SMTP):
             await self.push(AUTH_LINE_TOO_LONG.line)
             self.close_now()
             return MISSING
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
+        await super().smtp_AUTH(arg)
+        if self.session is not None and self.session.authenticated and self.auth_deadline:
+            self.auth_deadline.cancel()
+            self.auth_deadline = None
+            self.tracker.authenticated(self)
+
+    def _auth_expired(self) -> None:
+        if self.session is not None and not self.session.authenticated:
+            logger.info("session.auth_timeout session=%s", self.session_id)
+            self._say_goodbye(AUTH_TIMEOUT.line)
+
+    def evict(self) -> None:
+        """Close this unauthenticated session to make room for a new connection."""
+        logger.warning("session.evicted session=%s peer=%s", self.session_id, self.peer_address)
+        self._say_goodbye(UNAUTHENTICATED_EVICTED.line)
+
+    def _say_goodbye(self, line: str) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.write(line.encode() + b"\r\n")
+        self.close_now()
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)

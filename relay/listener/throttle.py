@@ -11,9 +11,10 @@ MINUTE = 60.0
 
 
 class FailureCounter:
-    """Recent failed logins per key (client address, login name), oldest keys evicted first."""
+    """Recent failed logins per key, oldest keys evicted first once capacity is reached."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = MAX_TRACKED_KEYS) -> None:
+        self._capacity = capacity
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def count(self, key: str, now: float) -> int:
@@ -28,13 +29,16 @@ class FailureCounter:
         count = self.count(key, now) + 1
         self._failures[key] = (count, now)
         self._failures.move_to_end(key)
-        while len(self._failures) > MAX_TRACKED_KEYS:
+        while len(self._failures) > self._capacity:
             self._failures.popitem(last=False)
         return count
 
     def forget(self, key: str) -> None:
         """Clear a key after a successful login."""
         self._failures.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
 
 class SendCounter:

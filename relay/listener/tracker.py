@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 from relay.config.model import LimitsConfig
 from relay.errors import PolicyRejection
 from relay.listener.dataread import DataBudget
-from relay.policy import connection_refusal
+from relay.policy import (
+    Eviction,
+    connection_refusal,
+    unauthenticated_cap,
+    unauthenticated_eviction,
+)
 
 if TYPE_CHECKING:
     from relay.listener.protocol import RelaySMTP
@@ -26,6 +31,9 @@ class SessionTracker:
         self._exempt = exempt_networks(limits)
         self.sessions: set[RelaySMTP] = set()
         self.per_address: Counter[str] = Counter()
+        # Sessions not yet logged in, per address, oldest first (dicts keep insertion order).
+        self.unauthenticated: dict[str, dict[RelaySMTP, None]] = {}
+        self.unauthenticated_count = 0
         self.data_budget = DataBudget(limits.max_data_in_memory)
         self.draining = False
         self.all_closed = asyncio.Event()
@@ -42,17 +50,55 @@ class SessionTracker:
         self._exempt = exempt_networks(limits)
         self.data_budget.limit = limits.max_data_in_memory
 
-    def refusal_for(self, transport: Any) -> PolicyRejection | None:
-        """Why a new connection must be turned away, if it must."""
+    def admit(self, transport: Any) -> PolicyRejection | None:
+        """Why a new connection must be turned away, if it must; else make room for it."""
         address = peer_address(transport)
-        return connection_refusal(
+        limits = self._limits
+        refusal = connection_refusal(
             len(self.sessions),
-            0 if self._is_exempt(address) else self.per_address[address],
-            self._limits.max_connections,
-            self._limits.max_connections_per_ip,
+            0 if self.is_exempt(address) else self.per_address[address],
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            unauthenticated=self.unauthenticated_count,
+        )
+        if refusal is not None:
+            return refusal
+        # Before AUTH every address counts, loopback too: a session that has not logged in is
+        # nobody's app yet, and junk from one address must not take every unauthenticated slot.
+        eviction = unauthenticated_eviction(
+            len(self.sessions),
+            limits.max_connections,
+            self.unauthenticated_count,
+            len(self.unauthenticated.get(address, ())),
+            unauthenticated_cap(limits.max_connections, limits.unauthenticated_share),
+            limits.max_connections_per_ip,
+        )
+        if eviction is Eviction.SAME_ADDRESS:
+            self._evict_oldest(address)
+        elif eviction is Eviction.BUSIEST_ADDRESS:
+            self._evict_oldest(self._busiest())
+        return None
+
+    def _busiest(self) -> str:
+        """The address with the most unauthenticated sessions (the older, of equals)."""
+        return max(
+            self.unauthenticated,
+            key=lambda address: (
+                len(self.unauthenticated[address]),
+                -next(iter(self.unauthenticated[address])).opened,
+            ),
         )
 
-    def _is_exempt(self, address: str) -> bool:
+    def _evict_oldest(self, address: str) -> None:
+        waiting = self.unauthenticated.get(address)
+        if not waiting:
+            return
+        oldest = next(iter(waiting))
+        self.authenticated(oldest)  # out of the count now: it is closing
+        oldest.evict()
+
+    def is_exempt(self, address: str) -> bool:
+        """Whether an address is in per_ip_exempt (by default, loopback)."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -62,13 +108,25 @@ class SessionTracker:
         return any(ip in network for network in self._exempt)
 
     def add(self, session: RelaySMTP) -> None:
-        """Remember an open session."""
+        """Remember an open session, unauthenticated as every session starts."""
         self.sessions.add(session)
         self.per_address[session.peer_address] += 1
+        self.unauthenticated.setdefault(session.peer_address, {})[session] = None
+        self.unauthenticated_count += 1
         self.all_closed.clear()
+
+    def authenticated(self, session: RelaySMTP) -> None:
+        """Stop counting a session as unauthenticated (it logged in, or it is being closed)."""
+        waiting = self.unauthenticated.get(session.peer_address)
+        if waiting is not None and session in waiting:
+            del waiting[session]
+            self.unauthenticated_count -= 1
+            if not waiting:
+                del self.unauthenticated[session.peer_address]
 
     def discard(self, session: RelaySMTP) -> None:
         """Forget a closed session."""
+        self.authenticated(session)
         if session in self.sessions:
             self.sessions.discard(session)
             self.per_address[session.peer_address] -= 1

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 from relay.config.model import OAuthSettings
 from relay.errors import AuthorizationNeeded, GrantRevoked, OAuthError, RelayError, TemporaryFailure
-from relay.model import OAuthGrant, Secret
+from relay.model import OAuthGrant, Secret, User
 from relay.oauth.client import TokenEndpoint, TokenGrant
 from relay.state.grants import REFRESH_TOKEN_FIELD
 from relay.state.keys import MasterKey
-from relay.state.store import Store, secret_context
+from relay.state.sealing import account_context, open_secret, user_context
+from relay.state.store import Store
 from relay.state.writer import StoreWriter, write_to
 
 logger = logging.getLogger("relay.tokens")  # the name shows in log lines: kept from 0.1
@@ -39,9 +40,9 @@ def renew_at(grant: TokenGrant) -> float:
     return grant.expires_at - min(RENEW_AHEAD, grant.lifetime * RENEW_AHEAD_SHARE)
 
 
-def refresh_token_context(login: str) -> bytes:
-    """Associated data that binds a sealed refresh token to its user."""
-    return secret_context(login, REFRESH_TOKEN_FIELD)
+def refresh_token_context(user: User) -> bytes:
+    """Associated data that binds a sealed refresh token to its user, provider, upstream user."""
+    return user_context(user, REFRESH_TOKEN_FIELD)
 
 
 class AccessTokens:
@@ -110,7 +111,17 @@ class AccessTokens:
     async def _refresh(self, grant: OAuthGrant, provider: str, settings: OAuthSettings) -> Secret:
         login = grant.login
         sealed = grant.sealed_refresh or b""  # usable_grant made sure there is one
-        refresh_token = self._key.open(sealed, refresh_token_context(login))
+        # Bound to the provider whose token endpoint it goes to: a moved row does not open.
+        upstream_user = self.store.get_user(login).upstream_user
+        context = account_context(login, REFRESH_TOKEN_FIELD, provider, upstream_user)
+        refresh_token = open_secret(
+            self._key,
+            sealed,
+            login=login,
+            field=REFRESH_TOKEN_FIELD,
+            provider=provider,
+            upstream_user=upstream_user,
+        )
         self._on_secret(refresh_token)
         try:
             if self._endpoint is None:
@@ -138,17 +149,19 @@ class AccessTokens:
                 "oauth.refresh_failed user=%s provider=%s error=%r", login, provider, str(error)
             )
             raise refresh_failure(login, provider, error) from None
-        await self._remember(grant, fresh, sealed)
+        await self._remember(grant, fresh, sealed, context)
         return fresh.access_token
 
-    async def _remember(self, grant: OAuthGrant, fresh: TokenGrant, used: bytes) -> None:
+    async def _remember(
+        self, grant: OAuthGrant, fresh: TokenGrant, used: bytes, context: bytes
+    ) -> None:
         login = grant.login
         self._on_secret(fresh.access_token)
         sealed = None
         if fresh.refresh_token is not None:
             # Rotated: the old refresh token may stop working any moment, so store this one now.
             self._on_secret(fresh.refresh_token)
-            sealed = self._key.seal(fresh.refresh_token, refresh_token_context(login))
+            sealed = self._key.seal(fresh.refresh_token, context)
         await write_to(
             self.store,
             self._writer,

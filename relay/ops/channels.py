@@ -26,9 +26,10 @@ class Ops:
         redactor: RedactingFilter | None = None,
         *,
         metrics: bool = True,
+        user_labels: str = "login",
     ) -> Ops:
         """Ops for this process: systemd if NOTIFY_SOCKET is set, a fresh metrics registry."""
-        return cls(SystemdNotifier(environ), Metrics(enabled=metrics), redactor)
+        return cls(SystemdNotifier(environ), Metrics(metrics, user_labels), redactor)
 
     def opened_secret(self, secret: Secret) -> None:
         """Make sure a secret just opened can never reach a log line."""

@@ -13,6 +13,7 @@ import secrets
 import sys
 import threading
 import traceback
+import unicodedata
 import warnings
 from base64 import b64decode
 from collections.abc import Mapping
@@ -41,6 +42,9 @@ _SENSITIVE_ITEM = re.compile(rf"""(?i)((['"]){_SENSITIVE_KEY}\2\s*:\s*)(?:{_QUOT
 # An AUTH continuation line (RFC 4954 §4) in a protocol trace: b'<base64>\r\n', or a lone line.
 _BYTES_LINE = re.compile(r"""\bb(['"])([A-Za-z0-9+/]+={0,2})(\\r\\n|\\n)?\1""")
 _LONE_LINE = re.compile(r"""(?m)^([ \t]*(['"]?))([A-Za-z0-9+/]+={0,2})(\2[ \t]*)$""")
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHORT_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
 
 _KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z_][\w.-]*)=")
 _LITERAL = re.compile(rf"(?:{_QUOTED})(?=\s|$)")
@@ -145,12 +149,14 @@ class TextFormatter(logging.Formatter):
         self.journald = journald
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (logging's name)
-        # One event, one line: a provider's reply must not be able to forge a log line.
-        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        # One event, one line: a provider's reply or an app's header must not be able to forge
+        # a log line, on a terminal (ESC sequences) or in a viewer that breaks at U+2028.
+        record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # A traceback keeps its line breaks, and nothing else that could steer a terminal.
+        text = escape_controls(super().format(record), keep="\n")
         if not self.journald:
             return text
         # journald stores each line as its own entry: every traceback line needs its priority.
@@ -219,6 +225,30 @@ def configure_logging(
         "ignore", message="Requiring AUTH while not requiring TLS", category=UserWarning
     )
     return redactor
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """The text with every control, format and line or paragraph separator shown as an escape."""
+    if (text.replace(keep, "") if keep else text).isprintable():
+        return text  # the common case: nothing to escape, no copy
+    return "".join(c if c in keep else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    # Unicode categories Cc (C0, DEL, C1 incl. U+0085), Cf (bidi overrides, zero widths),
+    # Cs (lone surrogates), Zl (U+2028) and Zp (U+2029); spaces of any kind stay.
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def make_formatter(fmt: str, journald: bool) -> logging.Formatter:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
+
+from relay.config.model import MetricsConfig, RelayConfig
+from relay.errors import ConfigError
+from relay.model import Secret
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -23,9 +29,10 @@ REPLY_CLASSES = ("2xx", "4xx", "5xx", "error")
 class Metrics:
     """relay's counters; with enabled=False they count nothing (metrics off in the config)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, user_labels: str = "login") -> None:
         # prometheus-client costs megabytes of RSS: a daemon with metrics off never imports it.
-        self.instruments = Instruments() if enabled else None
+        self.instruments = Instruments(user_labels != "drop") if enabled else None
+        self.user_labels = user_labels
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -47,22 +54,22 @@ class Metrics:
     def mail_accepted(self, user: str, provider: str) -> None:
         """A mail was spooled for delivery."""
         if self.instruments is not None:
-            self.instruments.mails_accepted.labels(user=user, provider=provider).inc()
+            self.instruments.mails_accepted.labels(**self._mail_labels(user, provider)).inc()
 
     def mail_delivered(self, user: str, provider: str) -> None:
         """The provider accepted a mail."""
         if self.instruments is not None:
-            self.instruments.mails_delivered.labels(user=user, provider=provider).inc()
+            self.instruments.mails_delivered.labels(**self._mail_labels(user, provider)).inc()
 
     def mail_deferred(self, user: str, provider: str) -> None:
         """An attempt failed temporarily and the mail stays queued."""
         if self.instruments is not None:
-            self.instruments.mails_deferred.labels(user=user, provider=provider).inc()
+            self.instruments.mails_deferred.labels(**self._mail_labels(user, provider)).inc()
 
     def mail_bounced(self, user: str, provider: str) -> None:
         """A mail was refused for good or expired."""
         if self.instruments is not None:
-            self.instruments.mails_bounced.labels(user=user, provider=provider).inc()
+            self.instruments.mails_bounced.labels(**self._mail_labels(user, provider)).inc()
 
     def upstream_reply(self, provider: str, code: int | None) -> None:
         """A provider's final reply code to a mail, or None when it never replied."""
@@ -85,6 +92,21 @@ class Metrics:
         if self.instruments is not None:
             self.instruments.oauth_refresh_failures.labels(provider=provider).inc()
 
+    def job_crashed(self, kind: str) -> None:
+        """A delivery attempt or Sent-copy job ended in an unexpected exception."""
+        if self.instruments is not None:
+            self.instruments.job_crashes.labels(kind=kind).inc()
+
+    def in_doubt(self, outcome: str) -> None:
+        """Mail an earlier attempt may have delivered: found in Sent, or sent again."""
+        if self.instruments is not None:
+            self.instruments.in_doubt.labels(outcome=outcome).inc()
+
+    def _mail_labels(self, user: str, provider: str) -> dict[str, str]:
+        if self.user_labels == "drop":
+            return {"provider": provider}
+        return {"user": user_label(user, self.user_labels), "provider": provider}
+
     def watch_queue(self, size: Callable[[], float], oldest_age: Callable[[], float]) -> None:
         """Read the queue gauges from these callbacks at each scrape (in the event loop)."""
         if self.instruments is not None:
@@ -95,11 +117,11 @@ class Metrics:
 class Instruments:
     """The Prometheus counters, gauges and histograms, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_user: bool = True) -> None:
         from prometheus_client import CollectorRegistry, Histogram
 
         self.registry = CollectorRegistry()
-        mail = ("user", "provider")
+        mail = ("user", "provider") if per_user else ("provider",)
         self.sessions = self._counter("sessions", "SMTP sessions opened by local apps")
         self.auth_failures = self._counter("auth_failures", "Failed local AUTH attempts")
         self.mails_accepted = self._counter("mails_accepted", "Mails accepted from apps", mail)
@@ -120,6 +142,16 @@ class Instruments:
         )
         self.oauth_refresh_failures = self._counter(
             "oauth_refresh_failures", "Failed OAuth2 token refreshes", ("provider",)
+        )
+        self.job_crashes = self._counter(
+            "job_crashes",
+            "Delivery attempts (kind=delivery) and Sent copies (kind=sent_copy) that crashed",
+            ("kind",),
+        )
+        self.in_doubt = self._counter(
+            "in_doubt",
+            "Mail whose earlier attempt got no answer: found in Sent, or resent (may be twice)",
+            ("outcome",),
         )
         self.delivery_seconds = Histogram(
             "delivery_seconds",
@@ -145,6 +177,38 @@ class Instruments:
         return Gauge(name, doc, namespace=NAMESPACE, registry=self.registry)
 
 
+def user_label(login: str, mode: str) -> str:
+    """What the `user` label shows for a login: the login itself, or a short hash of it."""
+    if mode != "hash":
+        return login
+    # Unkeyed, so an operator can work out which login a series belongs to; by the same token
+    # anyone who reads /metrics can test a guessed login (README: Metrics).
+    digest = hashlib.blake2b(login.encode(), digest_size=6, person=b"relay-metrics")
+    return "u" + digest.hexdigest()
+
+
+def metrics_token(config: RelayConfig) -> Secret | None:
+    """The bearer token scrapers must present, read from metrics.token_file; None if unset."""
+    try:
+        return config.metrics.token()
+    except ValueError as error:
+        raise ConfigError(config.source, [("metrics.token_file", str(error))]) from None
+
+
+def exposure_warning(settings: MetricsConfig) -> str | None:
+    """Why a non-loopback metrics address is a risk, in its current settings; None on loopback."""
+    if settings.is_loopback:
+        return None
+    if settings.token_file is None:
+        names = "" if settings.user_labels == "drop" else " and the user labels"
+        return (
+            f"anyone who can reach it reads the counters{names}: set metrics.token_file, "
+            "or listen on loopback behind a proxy"
+        )
+    # /metrics is plain HTTP: the token and the counters cross the network unencrypted.
+    return "the bearer token crosses the network in plaintext: keep the path to the scraper private"
+
+
 def reply_class(code: int | None) -> str:
     """The label for an SMTP reply code: 2xx, 4xx, 5xx, or error when there was none."""
     if code is not None and code // 100 in (2, 4, 5):
@@ -157,6 +221,7 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._token: Secret | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[object]] = set()
 
@@ -167,10 +232,11 @@ class MetricsServer:
             return None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (0 for any free port); return the bound port."""
+    async def start(self, host: str, port: int, token: Secret | None = None) -> int:
+        """Listen on host:port (0 for any free port), asking for token if given; the bound port."""
         if self._server is not None:
             raise RuntimeError("metrics server already started")
+        self._token = token
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_REQUEST_BYTES)
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -209,6 +275,11 @@ class MetricsServer:
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return _response("400 Bad Request", "text/plain", b"bad request\n")
         method, target = parts[0], parts[1]
+        if not self._authorized(head):
+            # RFC 6750 §3: a request without (or with a wrong) token gets a challenge.
+            challenge = 'Bearer realm="relay metrics"'
+            body = b"a bearer token is required\n"
+            return _response("401 Unauthorized", "text/plain", body, challenge=challenge)
         if target.partition("?")[0] != "/metrics":
             return _response("404 Not Found", "text/plain", b"only /metrics lives here\n")
         if method not in ("GET", "HEAD"):
@@ -222,6 +293,15 @@ class MetricsServer:
             logger.exception("metrics.scrape_failed")
             return _response("500 Internal Server Error", "text/plain", b"scrape failed\n")
         return _response("200 OK", content_type, body, head_only=method == "HEAD")
+
+    def _authorized(self, head: list[str]) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = _header(head, "authorization").partition(" ")
+        # RFC 7235 §2.1: the scheme is case-insensitive; the token is compared in constant time.
+        return scheme.lower() == "bearer" and secrets.compare_digest(
+            credentials.strip().encode(), self._token.reveal().encode()
+        )
 
 
 async def _read_head(reader: asyncio.StreamReader) -> list[str]:
@@ -249,7 +329,12 @@ def _header(head: list[str], name: str) -> str:
 
 
 def _response(
-    status: str, content_type: str, body: bytes, allow: str = "", head_only: bool = False
+    status: str,
+    content_type: str,
+    body: bytes,
+    allow: str = "",
+    head_only: bool = False,
+    challenge: str = "",
 ) -> bytes:
     headers = [
         f"HTTP/1.1 {status}",
@@ -259,4 +344,6 @@ def _response(
     ]
     if allow:
         headers.append(f"Allow: {allow}")
+    if challenge:
+        headers.append(f"WWW-Authenticate: {challenge}")
     return "\r\n".join(headers).encode() + b"\r\n\r\n" + (b"" if head_only else body)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATUS_FILE = "daemon.json"
+# Written at this fixed size and rewritten in place, so the status file can still say
+# "paused: disk full" when the disk is full: the blocks it needs are its own already.
+STATUS_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,40 +22,59 @@ class DaemonStatus:
     started: float
     listening: list[tuple[str, int]]
     metrics_port: int | None
+    paused_since: float | None = None  # delivery paused: the spool cannot be written
+    pause_reason: str = ""
 
 
 def write_status(state_dir: Path, status: DaemonStatus) -> None:
-    """Publish the running daemon's status (0600, replaced atomically)."""
+    """Publish the running daemon's status (0600): created whole, then rewritten in place."""
     path = state_dir / STATUS_FILE
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(
-            {
-                "pid": status.pid,
-                "started": status.started,
-                "listening": status.listening,
-                "metrics_port": status.metrics_port,
-            },
-            handle,
-        )
-    os.replace(temporary, path)
+    text = json.dumps(
+        {
+            "pid": status.pid,
+            "started": status.started,
+            "listening": status.listening,
+            "metrics_port": status.metrics_port,
+            "paused_since": status.paused_since,
+            "pause_reason": status.pause_reason[: STATUS_SIZE // 2],
+        }
+    ).encode()
+    page = text.ljust(STATUS_SIZE)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(page)
+        os.replace(temporary, path)
+        return
+    try:
+        os.pwrite(fd, page, 0)
+    finally:
+        os.close(fd)
 
 
 def read_status(state_dir: Path) -> DaemonStatus | None:
     """The status of a daemon that is running now, or None."""
-    try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
-        pid = int(data["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return DaemonStatus(
-        pid=pid,
-        started=float(data["started"]),
-        listening=[(str(a), int(p)) for a, p in data["listening"]],
-        metrics_port=data.get("metrics_port"),
-    )
+    for _ in range(3):  # an in-place rewrite may be caught half done: read again
+        try:
+            data = json.loads((state_dir / STATUS_FILE).read_bytes())
+            pid = int(data["pid"])
+            os.kill(pid, 0)
+            return DaemonStatus(
+                pid=pid,
+                started=float(data["started"]),
+                listening=[(str(a), int(p)) for a, p in data["listening"]],
+                metrics_port=data.get("metrics_port"),
+                paused_since=data.get("paused_since"),
+                pause_reason=str(data.get("pause_reason") or ""),
+            )
+        except ValueError:
+            time.sleep(0.01)
+        except (OSError, KeyError, TypeError):
+            return None
+    return None
 
 
 def remove_status(state_dir: Path) -> None:

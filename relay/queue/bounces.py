@@ -96,6 +96,7 @@ class Bounces:
             remote=remote,
             failed=failed,
             delayed=delayed,
+            resent_in_doubt=entry.resent_in_doubt,
         )
         bounce_id = secrets.token_hex(8)
         return NewMessage(

@@ -22,6 +22,7 @@ def build_dsn(
     remote: str,
     failed: dict[str, Reply],
     delayed: dict[str, Reply] | None = None,
+    resent_in_doubt: int = 0,
 ) -> bytes:
     """A multipart/report DSN for failed (and, for a warning, delayed) recipients."""
     delayed = delayed or {}
@@ -43,7 +44,7 @@ def build_dsn(
     ]
     parts = [
         "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-        + _human_text(reporting_host, failed, delayed),
+        + _human_text(reporting_host, failed, delayed, resent_in_doubt),
         "Content-Type: message/delivery-status\r\n\r\n"
         + _delivery_status(reporting_host, received_at, now, remote, failed, delayed),
         "Content-Type: text/rfc822-headers\r\n\r\n" + _header_text(original_header),
@@ -52,7 +53,9 @@ def build_dsn(
     return ("\r\n".join(header) + "\r\n\r\n" + body).encode()
 
 
-def _human_text(host: str, failed: dict[str, Reply], delayed: dict[str, Reply]) -> str:
+def _human_text(
+    host: str, failed: dict[str, Reply], delayed: dict[str, Reply], resent_in_doubt: int
+) -> str:
     lines = [f"This is the mail relay at {host}.", ""]
     if failed:
         lines += ["Your message could not be delivered to these recipients:", ""]
@@ -65,6 +68,13 @@ def _human_text(host: str, failed: dict[str, Reply], delayed: dict[str, Reply]) 
         lines += ["Your message has not yet been delivered to these recipients:", ""]
         lines += [f"  <{rcpt}>: {reply.line}" for rcpt, reply in delayed.items()]
         lines += ["", "relay keeps trying; you do not need to send it again."]
+    if resent_in_doubt:
+        times = "once more" if resent_in_doubt == 1 else f"{resent_in_doubt} more times"
+        lines += [
+            "",
+            f"relay sent this message {times} after an attempt whose answer never came back;",
+            "some recipients may have received it twice.",
+        ]
     return "\r\n".join(lines) + "\r\n"
 
 

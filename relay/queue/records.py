@@ -66,6 +66,10 @@ class QueueEntry:
     warned: bool
     recipients: dict[str, tuple[RecipientState, str]] = field(default_factory=dict)
     removed: bool = False  # delivered to everyone and already deleted from the spool
+    # When an attempt that may have reached the provider began, with no outcome written since
+    # (a crash, or a connection cut after the end of DATA); None when nothing is in doubt.
+    claimed_at: float | None = None
+    resent_in_doubt: int = 0  # times sent again after such an attempt: possible duplicates
 
     @property
     def pending(self) -> list[str]:
@@ -84,6 +88,10 @@ class AttemptRecord:
     next_attempt: float
     sent_job: SentJobSpec | None = None  # filed if this attempt is the first to deliver
     bounce: NewMessage | None = None  # the DSN for the failed recipients, queued with them
+    # Set when the provider may have the mail although no reply said so: the next attempt
+    # looks for it first (or counts a possible duplicate). The time the attempt began.
+    in_doubt_since: float | None = None
+    resent_in_doubt: bool = False  # this attempt sent mail that an earlier one may have delivered
 
 
 @dataclass(frozen=True, slots=True)

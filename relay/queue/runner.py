@@ -4,32 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import shutil
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
-from relay.errors import TemporaryFailure
+from relay.errors import StoreError
 from relay.message import PreparedMessage
 from relay.model import User
 from relay.ops.channels import Ops
-from relay.queue.attempts import Attempts, Verdict, app_refusal, summary
+from relay.queue.attempts import Attempts
 from relay.queue.bounces import Bounces
-from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
-from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused, Sent
-from relay.queue.retry import is_expired, needs_delay_warning, retry_delay
+from relay.queue.delivery import Delivery, DeliveryParts, Handoff, Settled
+from relay.queue.indoubt import InDoubtCheck
+from relay.queue.pause import PauseState, SpoolPause
+from relay.queue.records import NewMessage, QueueEntry, QueueStats
+from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused
+from relay.queue.retry import is_expired, needs_delay_warning
 from relay.queue.sentcopies import SentCopies
 from relay.queue.spool import Spool, fingerprint
 from relay.reply import NO_STORAGE
 from relay.state.store import Store
 from relay.state.writer import StoreWriter
 from relay.upstream.credentials import Credentials
-from relay.upstream.pool import UpstreamPool
+from relay.upstream.pool import QUIT_TIMEOUT, UpstreamPool
 
 logger = logging.getLogger("relay.runner")  # the name shows in log lines: kept from 0.1
 T = TypeVar("T")
@@ -40,20 +42,25 @@ HOUSEKEEPING_INTERVAL = 30.0
 
 
 @dataclass
-class Handoff:
-    """Who answers for a first attempt: the waiting app, or (after the deadline) a DSN."""
+class _Ticks:
+    """The scheduler loop's own state, and its failures said once until it works again."""
 
-    client_waiting: bool = True
-    decided: bool = False
+    started: bool = False
+    housekeeping: float = 0.0
+    failing: str | None = None
 
+    def failed(self, error: Exception) -> None:
+        text = f"{type(error).__name__}: {error}"
+        if text != self.failing:
+            logger.error(
+                "queue.tick_failed error=%s (said once until it works)", text, exc_info=error
+            )
+            self.failing = text
 
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """How one attempt ended: what the app hears, and whether the provider seemed down."""
-
-    result: Handed
-    provider_down: bool
-    next_attempt: float
+    def worked(self) -> None:
+        if self.failing is not None:
+            logger.warning("queue.tick_recovered after=%r", self.failing)
+            self.failing = None
 
 
 class QueueRunner:
@@ -69,9 +76,21 @@ class QueueRunner:
         ops: Ops,
         writer: StoreWriter | None = None,
     ) -> None:
-        self._sent = SentCopies(live, store, spool, credentials, pool.tls, ops, writer)
-        self._attempts = Attempts(live, store, credentials, pool, spool, ops)
+        self.pause = SpoolPause(spool.path.parent, lambda _state: None)
+        self._sent = SentCopies(live, store, spool, credentials, pool.tls, ops, self.pause, writer)
         self._bounces = Bounces(live, store, spool, self._attempt_now)
+        parts = DeliveryParts(
+            live=live,
+            store=store,
+            spool=spool,
+            attempts=Attempts(live, store, credentials, pool, spool, ops),
+            doubts=InDoubtCheck(credentials, pool.tls),
+            bounces=self._bounces,
+            sent=self._sent,
+            pause=self.pause,
+            ops=ops,
+        )
+        self._delivery = Delivery(parts, self._start_sent_copy, self._provider_is_back)
         self._live = live
         self._ops = ops
         self.stats = QueueStats()
@@ -80,12 +99,9 @@ class QueueRunner:
         self._pool = pool
         self._inflight: set[str] = set()
         self._rounds: set[str] = set()
-        # Users with deferred mail: only for them does a delivery make other mail due.
-        self._deferred_users: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._random = random.SystemRandom()
 
     # -- accepting mail from the listener ------------------------------------------------------
 
@@ -93,6 +109,8 @@ class QueueRunner:
         """Spool a message durably, try it once within the deadline, and say what became of it."""
         queue = self.config.queue
         size = prepared.size
+        if self.pause.paused:
+            return Refused(NO_STORAGE)
         if shutil.disk_usage(self._spool.path.parent).free - size < queue.min_free_bytes:
             logger.error("queue.disk_low user=%s size=%d", user.login, size)
             return Refused(NO_STORAGE)
@@ -138,7 +156,7 @@ class QueueRunner:
         )
         handoff = Handoff()
         # The first attempt uses what is in memory: reading it back would copy the data again.
-        task = self._spawn(self._settle(queue_id, handoff, message, user))
+        task = self._spawn(self._first_attempt(message, handoff, user))
         done, _ = await asyncio.wait({task}, timeout=queue.first_attempt_timeout)
         if not done and not handoff.decided:
             handoff.client_waiting = False
@@ -149,48 +167,91 @@ class QueueRunner:
 
     async def run(self) -> None:
         """Start a retry round for each user with mail due, until stopped."""
-        housekeeping = 0.0
-        self._deferred_users |= await self._spool.deferred_logins()
+        ticks = _Ticks()
         while not self._stopping:
-            now = time.time()
-            rounds: dict[str, list[str]] = {}
-            for queue_id, login in await self._spool.due(now):
-                rounds.setdefault(login, []).append(queue_id)
-            for login, queue_ids in rounds.items():
-                if login not in self._rounds and not self._stopping:
-                    self._rounds.add(login)
-                    self._spawn(self._round(login, queue_ids))
-            for job_id in await self._spool.due_sent_jobs(now):
-                self._start_sent_copy(job_id)
-            if now - self.stats.taken >= STATS_INTERVAL:
-                self.stats = await self._spool.stats(now)
-            if now - housekeeping >= HOUSEKEEPING_INTERVAL:
-                housekeeping = now
-                await self._spool.forget_accepted_before(now - self.config.queue.duplicate_window)
-                await self._pool.close_idle()
+            try:
+                await self._tick(ticks)
+            except Exception as error:  # noqa: BLE001  the loop must outlive any one tick
+                if isinstance(error, StoreError):
+                    self.pause.begin(f"spool access failed: {error}")
+                ticks.failed(error)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=SCHEDULER_TICK)
             except TimeoutError:
                 pass
             self._wake.clear()
 
+    async def _tick(self, ticks: _Ticks) -> None:
+        if not ticks.started:
+            self._delivery.deferred_users |= await self._spool.deferred_logins()
+            ticks.started = True
+        if not await self._can_deliver():
+            return
+        now = time.time()
+        rounds: dict[str, list[str]] = {}
+        for queue_id, login in await self._spool.due(now):
+            rounds.setdefault(login, []).append(queue_id)
+        for login, queue_ids in rounds.items():
+            if login not in self._rounds and not self._stopping:
+                self._rounds.add(login)
+                self._spawn(self._round(login, queue_ids))
+        for job_id in await self._spool.due_sent_jobs(now):
+            if not self.pause.blocks(job_id, now):
+                self._start_sent_copy(job_id)
+        if now - self.stats.taken >= STATS_INTERVAL:
+            self.stats = await self._spool.stats(now)
+        if now - ticks.housekeeping >= HOUSEKEEPING_INTERVAL:
+            ticks.housekeeping = now
+            await self._spool.forget_accepted_before(now - self.config.queue.duplicate_window)
+            await self._pool.close_idle()
+            # Delivered mail must not linger in the log (secure_delete wipes it from the file).
+            await self._spool.checkpoint()
+        ticks.worked()
+
+    async def _can_deliver(self) -> bool:
+        """False while delivery is paused; resuming writes the outcomes kept in memory first."""
+        low = self.pause.disk_low(self.config.queue.min_free_bytes)
+        if low is not None:
+            self.pause.begin(low)
+            return False
+        if not self.pause.paused:
+            return True
+        for queue_id, record in list(self.pause.unwritten.items()):
+            try:
+                updated = await self._spool.record(queue_id, record)
+            except StoreError:
+                return False  # still refused: stay paused, try again at the next tick
+            self.pause.forget(queue_id)
+            if updated is not None:
+                await self._delivery.written(updated, record)
+        self.pause.end()
+        return True
+
     async def stop(self, grace: float) -> None:
         """Claim nothing more; give attempts under way `grace` seconds, then cancel them."""
         self._stopping = True
         self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._pool.close_all()
+        # QUIT to idle sessions within what is left of the grace time, then they are cut.
+        left = max(0.1, deadline - loop.time())
+        await self._pool.close_all(quit_timeout=min(QUIT_TIMEOUT, left))
         await self._credentials.tokens.close()
 
     @property
     def config(self) -> RelayConfig:
         """The config in force, as the runner and all it hands work to read it."""
         return self._live.current
+
+    def watch_pause(self, on_change: Callable[[PauseState], None]) -> None:
+        """Call on_change whenever delivery pauses or resumes (the daemon's status file)."""
+        self.pause.on_change = on_change
 
     def _start_sent_copy(self, job_id: str) -> None:
         if not self._stopping:
@@ -199,7 +260,7 @@ class QueueRunner:
     def _attempt_now(self, queue_id: str) -> None:
         """Give a message just queued (a DSN) its first attempt now, not at the next tick."""
         self._inflight.add(queue_id)
-        self._spawn(self._retry(queue_id))
+        self._spawn(self._first_attempt_of(queue_id))
         self._wake.set()
 
     def _spawn(self, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
@@ -213,25 +274,58 @@ class QueueRunner:
         width = self.config.queue.per_user_concurrency
         try:
             for start in range(0, len(queue_ids), width):
-                if self._stopping:
+                if self._stopping or self.pause.paused:
                     return
-                batch = [q for q in queue_ids[start : start + width] if q not in self._inflight]
+                now = time.time()
+                batch = [
+                    q
+                    for q in queue_ids[start : start + width]
+                    if q not in self._inflight and not self.pause.blocks(q, now)
+                ]
+                if not batch:
+                    continue
                 self._inflight.update(batch)
-                results = await asyncio.gather(*(self._retry(q) for q in batch))
+                try:
+                    # Marked in doubt before the end of DATA goes out, in one commit per batch.
+                    entries = await self._spool.claim(batch)
+                except StoreError as error:
+                    self._inflight.difference_update(batch)
+                    self.pause.begin(f"spool write failed: {error}")
+                    return
+                self._inflight.difference_update(set(batch) - {e.id for e in entries})
+                results = await asyncio.gather(*(self._retry(entry) for entry in entries))
                 down = next((r for r in results if r is not None and r.provider_down), None)
                 if down is not None:
                     # The rest would fail the same way; they wait with the oldest, keeping order.
                     await self._spool.postpone(login, down.next_attempt)
                     return
+        except StoreError as error:
+            self.pause.begin(f"spool write failed: {error}")
         finally:
             self._rounds.discard(login)
             self._wake.set()  # mail that fell due during the round need not wait for a tick
 
-    async def _retry(self, queue_id: str) -> Settled | None:
+    async def _first_attempt(self, message: NewMessage, handoff: Handoff, user: User) -> Settled:
+        try:
+            return await self._delivery.settle(
+                message.entry(), handoff, message.upstream_data, user
+            )
+        finally:
+            self._inflight.discard(message.id)
+
+    async def _first_attempt_of(self, queue_id: str) -> None:
         try:
             entry = await self._spool.entry(queue_id)
-            if entry is None:
-                return None
+            if entry is not None:
+                # Its claim is the spooling itself: nothing earlier can have delivered it.
+                await self._delivery.settle(replace(entry, claimed_at=None), None)
+        except Exception:  # noqa: BLE001  logged; the mail stays queued for the next round
+            logger.exception("queue.attempt_crashed id=%s", queue_id)
+        finally:
+            self._inflight.discard(queue_id)
+
+    async def _retry(self, entry: QueueEntry) -> Settled | None:
+        try:
             now = time.time()
             if is_expired(entry.received_at, now, self.config.queue):
                 await self._bounces.expire(entry)
@@ -239,91 +333,17 @@ class QueueRunner:
             warn = needs_delay_warning(entry.received_at, now, entry.warned, self.config.queue)
             if warn and not entry.is_bounce:
                 await self._bounces.warn_delayed(entry)
-            return await self._settle(queue_id, None)
+            return await self._delivery.settle(entry, None)
+        except Exception:  # noqa: BLE001  whatever it was, the mail backs off like any other
+            await self._delivery.crashed(entry)
+            return None
         finally:
-            self._inflight.discard(queue_id)
-
-    # -- one attempt and what follows from it --------------------------------------------------
-
-    async def _settle(
-        self,
-        queue_id: str,
-        handoff: Handoff | None,
-        fresh: NewMessage | None = None,
-        user: User | None = None,
-    ) -> Settled:
-        """Attempt delivery of a spooled message (fresh: just committed) and act on the verdict."""
-        queued = Settled(Queued(queue_id), provider_down=False, next_attempt=0.0)
-        try:
-            entry = fresh.entry() if fresh is not None else await self._spool.entry(queue_id)
-            if entry is None:
-                return queued
-            data = fresh.upstream_data if fresh is not None else None
-            verdict = await self._attempts.attempt(entry, data, user)
-            now = time.time()
-            delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
-            outcome = verdict.outcome
-            # Decide who hears about failures before the outcome is written, so the deadline
-            # cannot slip in between: either the waiting app hears the 5xx, or the sender gets
-            # a DSN, written in the same transaction as the failure.
-            app_hears_it = handoff is not None and handoff.client_waiting
-            if handoff is not None:
-                handoff.decided = True
-            refused = app_hears_it and not outcome.delivered and not outcome.deferred
-            bounce = None
-            if outcome.failed and not refused:
-                bounce = await self._bounces.dsn(
-                    entry, verdict.user, outcome.failed, {}, verdict.remote
-                )
-            sent_job = self._sent.job_for(entry, verdict.user) if outcome.delivered else None
-            updated = await self._spool.record(
-                queue_id,
-                AttemptRecord(
-                    delivered=outcome.delivered,
-                    failed=outcome.failed,
-                    deferred=outcome.deferred,
-                    reply=summary(verdict),
-                    next_attempt=now + delay,
-                    sent_job=sent_job,
-                    bounce=bounce,
-                ),
-            )
-            if updated is None:  # dropped by an operator meanwhile: no DSN or Sent job written
-                return queued
-            self._bounces.queued(bounce, entry, "failed", len(outcome.failed))
-            if sent_job is not None:
-                self._start_sent_copy(sent_job.id)
-            result = await self._conclude(updated, verdict, refused, delay)
-        except Exception:
-            logger.exception("queue.attempt_crashed id=%s", queue_id)
-            return queued
-        finally:
-            if handoff is not None:
-                self._inflight.discard(queue_id)
-        provider_down = isinstance(verdict.error, TemporaryFailure)
-        return Settled(result, provider_down, now + delay)
-
-    async def _conclude(
-        self, entry: QueueEntry, verdict: Verdict, refused: bool, delay: float
-    ) -> Handed:
-        outcome = verdict.outcome
-        self._attempts.log(entry, verdict, delay)
-        if outcome.delivered:
-            await self._provider_is_back(entry.login)
-        if refused:
-            await self._spool.remove(entry.id)
-            return Refused(app_refusal(verdict))
-        if not entry.pending and not entry.removed:
-            await self._spool.remove(entry.id)
-        if entry.pending:
-            self._deferred_users.add(entry.login)
-            return Queued(entry.id, summary(verdict))
-        return Sent(entry.message_id, outcome.reply, dict(outcome.failed))
+            self._inflight.discard(entry.id)
 
     async def _provider_is_back(self, login: str) -> None:
-        if login not in self._deferred_users:
+        if login not in self._delivery.deferred_users:
             return
-        self._deferred_users.discard(login)
+        self._delivery.deferred_users.discard(login)
         moved = await self._spool.kick(login, time.time())
         if moved:
             logger.info(

@@ -9,8 +9,9 @@ from pathlib import Path
 from relay.errors import StoreError
 from relay.queue.sentjobs import SCHEMA as SENT_JOBS_SCHEMA
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BLOB_CHUNK = 1 << 20  # larger data is written in pieces, so SQLite never holds a second copy
+CHECKPOINT_WAIT_MS = 200  # how long a WAL checkpoint waits for another process's reader
 BODIES_TABLE = """
 CREATE TABLE IF NOT EXISTS bodies (
     message_seq  INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
@@ -32,7 +33,11 @@ CREATE TABLE IF NOT EXISTS messages (
     is_bounce      INTEGER NOT NULL DEFAULT 0,
     warned         INTEGER NOT NULL DEFAULT 0,
     body_offset    INTEGER NOT NULL,
-    sent_header    BLOB NOT NULL
+    sent_header    BLOB NOT NULL,
+    -- Set while an attempt may be under way (from the spooling or claiming transaction until
+    -- its outcome is written): after a crash, such mail may already be at the provider.
+    claimed_at     REAL,
+    resent_in_doubt  INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt);
 """
@@ -74,18 +79,41 @@ def open_database(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
+        # A delivered mail's pages are overwritten with zeros when it is deleted, so its text
+        # does not linger in free pages (and, after a checkpoint, anywhere in the files).
+        db.execute("PRAGMA secure_delete = ON")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             db.close()
             raise StoreError(f"spool {path} has schema {version} (made by a newer relay)")
         if version == 1:
             _move_data_to_bodies(db)
+        if version in (1, 2):
+            _add_in_doubt_columns(db)
         db.executescript(SCHEMA)
         db.executescript(SENT_JOBS_SCHEMA)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version != SCHEMA_VERSION:
+            # Only when it changes: `relay status` opens the spool on a full disk too.
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except sqlite3.Error as error:
         raise StoreError(f"cannot open spool {path}: {error}") from None
     return db
+
+
+def checkpoint(db: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database and truncate it to 0 bytes; False if a reader prevented it."""
+    # TRUNCATE rather than PASSIVE: after a PASSIVE checkpoint the log's frames, with the text
+    # of mail since delivered, stay on disk until a later write reuses the file (and
+    # journal_size_limit trims only what lies past its limit). TRUNCATE empties the file now.
+    # It waits for readers in other processes (`relay queue list`), so briefly: the spool's
+    # thread must not stall; the next call tries again.
+    busy_timeout = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    try:
+        busy: int = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
+    return busy == 0
 
 
 def _move_data_to_bodies(db: sqlite3.Connection) -> None:
@@ -99,6 +127,21 @@ def _move_data_to_bodies(db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO bodies (message_seq, data) SELECT seq, upstream_data FROM messages")
         db.execute("ALTER TABLE messages DROP COLUMN upstream_data")
         db.execute("PRAGMA user_version = 2")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _add_in_doubt_columns(db: sqlite3.Connection) -> None:
+    """Schema 2 to 3: the columns that mark mail an attempt may have delivered."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        if "claimed_at" not in columns:  # else another relay process upgraded it meanwhile
+            db.execute("ALTER TABLE messages ADD COLUMN claimed_at REAL")
+            db.execute("ALTER TABLE messages ADD COLUMN resent_in_doubt INTEGER NOT NULL DEFAULT 0")
+        db.execute("PRAGMA user_version = 3")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

@@ -10,9 +10,17 @@ from collections.abc import Callable, Coroutine
 
 from relay.config.live import LiveConfig
 from relay.config.model import ProviderConfig, RelayConfig
-from relay.errors import PolicyRejection, SentCopyError, SentCopyRetry, UpstreamError, smtp_reply
+from relay.errors import (
+    PolicyRejection,
+    SentCopyError,
+    SentCopyRetry,
+    StoreError,
+    UpstreamError,
+    smtp_reply,
+)
 from relay.model import User
 from relay.ops.channels import Ops
+from relay.queue.pause import SpoolPause
 from relay.queue.records import QueueEntry
 from relay.queue.retry import retry_delay
 from relay.queue.sentjobs import SentJob, SentJobSpec
@@ -45,9 +53,11 @@ class SentCopies:
         credentials: Credentials,
         tls: TlsContexts,
         ops: Ops,
+        pause: SpoolPause,
         writer: StoreWriter | None = None,
     ) -> None:
         self._live = live
+        self._pause = pause
         self._store = store
         self._writer = writer
         self._spool = spool
@@ -55,6 +65,7 @@ class SentCopies:
         self.tls = tls
         self._ops = ops
         self._inflight: set[str] = set()
+        self._tried: set[str] = set()  # jobs this process has tried and not finished
         self._random = random.SystemRandom()
 
     @property
@@ -82,6 +93,7 @@ class SentCopies:
 
     async def _copy_to_sent(self, job_id: str) -> None:
         """File one Sent copy; a failure is retried on its own and never re-sends the mail."""
+        job = None
         try:
             job = await self._spool.sent_job(job_id)
             if job is None:
@@ -94,13 +106,33 @@ class SentCopies:
                     job.message_id,
                     job.last_error,
                 )
-                await self._spool.sent_job_done(job.id)
+                await self._done(job.id)
                 return
             await self._file_copy(job)
-        except Exception:
-            logger.exception("sent.crashed job=%s", job_id)
+        except Exception:  # noqa: BLE001  whatever it was, the job backs off like any other
+            await self._crashed(job_id, job)
         finally:
             self._inflight.discard(job_id)
+
+    async def _done(self, job_id: str) -> None:
+        await self._spool.sent_job_done(job_id)
+        self._tried.discard(job_id)
+
+    async def _crashed(self, job_id: str, job: SentJob | None) -> None:
+        """A job ended in an exception: logged once, counted, retried on the normal backoff."""
+        attempts = job.attempts if job is not None else 0
+        delay = retry_delay(attempts + 1, self.config.queue, self._random.uniform(-1, 1))
+        logger.exception(
+            "sent.crashed job=%s attempt=%d next_in=%.0fs", job_id, attempts + 1, delay
+        )
+        self._ops.metrics.job_crashed("sent_copy")
+        until = time.time() + delay
+        try:
+            await self._spool.sent_job_failed(job_id, "local error", until)
+        except Exception as error:  # noqa: BLE001  the backoff then lives in memory
+            self._pause.hold(job_id, until)
+            if isinstance(error, StoreError):
+                self._pause.begin(f"spool write failed: {error}")
 
     async def _file_copy(self, job: SentJob) -> None:
         user = self._store.find_user(job.login)
@@ -109,7 +141,7 @@ class SentCopies:
             logger.error(
                 "sent.dropped job=%s user=%s reason=user, provider or imap gone", job.id, job.login
             )
-            await self._spool.sent_job_done(job.id)
+            await self._done(job.id)
             return
         try:
             result = await self._append_as(job, user, provider)
@@ -123,7 +155,7 @@ class SentCopies:
                 self._writer,
                 lambda store: store.remember_sent_folder(user.login, remember),
             )
-        await self._spool.sent_job_done(job.id)
+        await self._done(job.id)
 
     async def _append_as(
         self, job: SentJob, user: User, provider: ProviderConfig
@@ -152,12 +184,15 @@ class SentCopies:
         if account is None:
             raise SentCopyError("login", user.login, "no imap endpoint", SentCopyRetry.NEVER)
         plan = SentCopyPlan(job.plan)
+        first = job.attempts == 0 and job.id not in self._tried
+        # A try whose failure could not be written counts too: its APPEND may have landed.
+        self._tried.add(job.id)
         return await append_sent_copy(
             account,
             job.data,
             job.message_id,
             job.sent_at,
-            plan=plan if job.attempts == 0 else retry_plan(plan),
+            plan=plan if first else retry_plan(plan),
             folder_override=sent_folder_override(user, provider),
             remembered_folder=user.sent_folder_found,
             tls=self.tls,
@@ -174,7 +209,7 @@ class SentCopies:
                 job.message_id,
                 str(error),
             )
-            await self._spool.sent_job_done(job.id)
+            await self._done(job.id)
             return
         queue = self.config.queue
         if error.retry is SentCopyRetry.SOON:

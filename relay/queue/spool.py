@@ -21,7 +21,7 @@ from typing import cast
 
 from relay.errors import StoreError
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
-from relay.queue.schema import open_database
+from relay.queue.schema import checkpoint, open_database
 from relay.queue.sentjobs import (
     SentJob,
     count_jobs,
@@ -34,6 +34,7 @@ from relay.queue.statements import (
     R,
     Write,
     apply_attempt,
+    claim_messages,
     delete_accepted_before,
     delete_message,
     expire_message,
@@ -81,7 +82,10 @@ class Spool:
 
     async def _run(self, function: Callable[..., R], *args: object) -> R:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, *args)
+        try:
+            return await loop.run_in_executor(self._executor, function, *args)
+        except sqlite3.Error as error:
+            raise StoreError(f"spool access failed: {error}") from None
 
     async def enqueue(self, message: NewMessage, window: float) -> str | None:
         """Commit a message durably; return None if it duplicates one accepted within window."""
@@ -125,6 +129,11 @@ class Spool:
         return await self._commit(
             partial(apply_attempt, message_id=message_id, attempt=attempt, now=now)
         )
+
+    async def claim(self, message_ids: list[str]) -> list[QueueEntry]:
+        """Mark messages as under attempt, in one transaction; the entries as they stood."""
+        now = time.time()
+        return await self._commit(partial(claim_messages, message_ids=message_ids, now=now))
 
     async def remove(self, message_id: str) -> None:
         """Delete a message and everything about it."""
@@ -190,3 +199,8 @@ class Spool:
     async def forget_accepted_before(self, cutoff: float) -> None:
         """Drop duplicate-detection records older than the window."""
         await self._run(delete_accepted_before, self._db, cutoff)
+
+    async def checkpoint(self) -> bool:
+        """Fold the WAL into the database and empty it; False if a reader held it (try later)."""
+        # With secure_delete, this leaves no copy of delivered mail in spool.db or spool.db-wal.
+        return await self._run(checkpoint, self._db)

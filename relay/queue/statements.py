@@ -22,7 +22,10 @@ def run_batch(db: sqlite3.Connection, writes: list[Write[R]]) -> list[R]:
         results = [write(db) for write in writes]
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+        # ROLLBACK would replace the real error with "no transaction is active".
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     return results
 
@@ -45,7 +48,7 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
         )
     cursor = db.execute(
         "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
-        "is_bounce, body_offset, sent_header) VALUES (?,?,?,?,?,?,?,?,?)",
+        "is_bounce, body_offset, sent_header, claimed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (
             message.id,
             message.login,
@@ -56,6 +59,8 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
             int(message.is_bounce),
             message.body_offset,
             message.sent_header,
+            # Its first attempt starts as this commits: marked here, it costs no fsync of its own.
+            message.received_at,
         ),
     )
     seq = cursor.lastrowid
@@ -154,9 +159,15 @@ def apply_attempt(
             [(state.value, reply.line, seq, address) for address, reply in replies.items()],
         )
     db.execute(
-        "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ? "
-        "WHERE seq = ?",
-        (attempt.reply, attempt.next_attempt, seq),
+        "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ?, "
+        "claimed_at = ?, resent_in_doubt = resent_in_doubt + ? WHERE seq = ?",
+        (
+            attempt.reply,
+            attempt.next_attempt,
+            attempt.in_doubt_since,
+            int(attempt.resent_in_doubt),
+            seq,
+        ),
     )
     db.execute(
         "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
@@ -204,6 +215,16 @@ def make_due(db: sqlite3.Connection, login: str, now: float) -> int:
         "AND attempts > 0",
         (now, login, now),
     ).rowcount
+
+
+def claim_messages(db: sqlite3.Connection, message_ids: list[str], now: float) -> list[QueueEntry]:
+    """The entries as they stood, then marked as under attempt (in the caller's transaction)."""
+    entries = [entry for i in message_ids for entry in select_entries(db, None, i)]
+    db.executemany(
+        "UPDATE messages SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL",
+        [(now, entry.id) for entry in entries],
+    )
+    return entries
 
 
 def make_id_due(db: sqlite3.Connection, message_id: str, now: float) -> int:
@@ -256,7 +277,7 @@ def select_entries(
     """Entries (all, due ones, or one by id) in order of acceptance, with their recipients."""
     query = (
         "SELECT seq, id, login, sender, message_id, received_at, next_attempt, attempts, "
-        "last_reply, is_bounce, warned FROM messages"
+        "last_reply, is_bounce, warned, claimed_at, resent_in_doubt FROM messages"
     )
     where: list[str] = []
     args: list[object] = []
@@ -291,6 +312,8 @@ def select_entries(
                 is_bounce=bool(fields[8]),
                 warned=bool(fields[9]),
                 recipients=recipients,
+                claimed_at=fields[10],
+                resent_in_doubt=fields[11],
             )
         )
     return entries

@@ -9,6 +9,7 @@ from relay.sent.filing import (
     imap_account,
     plan_sent_copy,
     retry_plan,
+    sent_folder_holds,
     sent_folder_override,
 )
 from relay.sent.imap import Aborter, ImapAccount, ImapSession, connect
@@ -28,5 +29,6 @@ __all__ = [
     "imap_account",
     "plan_sent_copy",
     "retry_plan",
+    "sent_folder_holds",
     "sent_folder_override",
 ]

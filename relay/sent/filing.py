@@ -262,18 +262,9 @@ def _file_copy(
 def _choose_folder(session: ImapSession, job: _Job) -> tuple[str, str, FolderSource]:
     """(name, wire name, how found): override, remembered, \\Sent, known name, else created."""
     login = job.account.login
-    if job.folder_override:
-        return job.folder_override, encode_mailbox(job.folder_override), FolderSource.OVERRIDE
-    if job.remembered_folder:
-        wire = encode_mailbox(job.remembered_folder)
-        # LIST with the name as pattern; a * or % in it only widens the answer.
-        if any(m.wire == wire and m.selectable for m in session.list_mailboxes(wire)):
-            return job.remembered_folder, wire, FolderSource.REMEMBERED
-        logger.info("sent.remembered_gone user=%s folder=%r", login, job.remembered_folder)
-    found = find_sent_folder(session.list_mailboxes())
+    found = _find_folder(session, login, job.folder_override, job.remembered_folder)
     if found is not None:
-        mailbox, source = found
-        return mailbox.name, mailbox.wire, source
+        return found
     wire = session.personal_prefix() + "Sent"
     session.create(wire)
     name = decoded_or_wire(wire)
@@ -283,6 +274,56 @@ def _choose_folder(session: ImapSession, job: _Job) -> tuple[str, str, FolderSou
         name,
     )
     return name, wire, FolderSource.CREATED
+
+
+def _find_folder(
+    session: ImapSession, login: str, override: str | None, remembered: str | None
+) -> tuple[str, str, FolderSource] | None:
+    """(name, wire name, how found) of the Sent folder there is, or None."""
+    if override:
+        return override, encode_mailbox(override), FolderSource.OVERRIDE
+    if remembered:
+        wire = encode_mailbox(remembered)
+        # LIST with the name as pattern; a * or % in it only widens the answer.
+        if any(m.wire == wire and m.selectable for m in session.list_mailboxes(wire)):
+            return remembered, wire, FolderSource.REMEMBERED
+        logger.info("sent.remembered_gone user=%s folder=%r", login, remembered)
+    found = find_sent_folder(session.list_mailboxes())
+    if found is None:
+        return None
+    mailbox, source = found
+    return mailbox.name, mailbox.wire, source
+
+
+async def sent_folder_holds(
+    account: ImapAccount,
+    message_id: str,
+    *,
+    folder_override: str | None,
+    remembered_folder: str | None,
+    tls: TlsContexts,
+    timeout: float,
+) -> bool:
+    """Whether the user's Sent folder holds a mail with this Message-ID; SentCopyError if unsure."""
+    context = tls.for_ca_file(account.ca_file)
+    aborter = Aborter()
+
+    def look() -> bool:
+        session = connect(account, context, timeout, aborter)
+        try:
+            found = _find_folder(session, account.login, folder_override, remembered_folder)
+            held = found is not None and session.holds(found[1], message_id)
+        except BaseException:
+            session.close()
+            raise
+        session.logout()
+        return held
+
+    try:
+        return await asyncio.to_thread(look)
+    except asyncio.CancelledError:
+        aborter.abort()
+        raise
 
 
 def _append(session: ImapSession, job: _Job, name: str, wire: str) -> bool:

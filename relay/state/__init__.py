@@ -9,7 +9,8 @@ from relay.state.localauth import (
     hash_generated_secret,
     is_slow_hash,
 )
-from relay.state.store import UPSTREAM_CREDENTIAL, Store, secret_context
+from relay.state.sealing import UPSTREAM_CREDENTIAL, account_context, open_secret, user_context
+from relay.state.store import Store
 
 __all__ = [
     "LocalVerifier",
@@ -17,6 +18,7 @@ __all__ = [
     "REFRESH_TOKEN_FIELD",
     "Store",
     "UPSTREAM_CREDENTIAL",
+    "account_context",
     "create_key_file",
     "generate_local_secret",
     "hash_chosen_secret",
@@ -24,5 +26,6 @@ __all__ = [
     "is_slow_hash",
     "key_path",
     "load_key",
-    "secret_context",
+    "open_secret",
+    "user_context",
 ]

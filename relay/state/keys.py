@@ -11,13 +11,19 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from relay.errors import MasterKeyError
+from relay.errors import MasterKeyError, SealDoesNotOpen, WrongMasterKey
 from relay.model import Secret
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 KEY_ID_BYTES = 4
-SEAL_VERSION = b"\x01"
+TAG_BYTES = 16
+SEAL_VERSION = b"\x02"  # the plaintext padded (below) before it is sealed
+UNPADDED_VERSION = b"\x01"  # relay 0.1: opened only to re-seal it (relay.state.sealing)
+# A seal's size gives only the bucket its plaintext fell in, not its length: every password
+# shorter than 64 bytes seals to the same size; refresh tokens fill the larger buckets.
+PAD_BUCKETS = (64, 256, 1024, 4096)  # and multiples of the last beyond it
+PAD_MARK = b"\x80"  # ISO/IEC 7816-4 padding: one 0x80 byte, then zeros to the bucket size
 CREDENTIAL_NAME = "relay.key"
 
 
@@ -37,20 +43,23 @@ class MasterKey:
         return f"MasterKey(id={self.key_id.hex()})"
 
     def seal(self, plaintext: Secret, context: bytes) -> bytes:
-        """Encrypt a secret, bound to its context (user and field) as associated data."""
+        """Encrypt a padded secret, bound to its context as associated data."""
         nonce = os.urandom(NONCE_BYTES)
         header = SEAL_VERSION + self.key_id
-        ciphertext = self._aead.encrypt(nonce, plaintext.reveal().encode(), header + context)
-        return header + nonce + ciphertext
+        padded = pad(plaintext.reveal().encode())
+        return header + nonce + self._aead.encrypt(nonce, padded, header + context)
 
     def open(self, sealed: bytes, context: bytes) -> Secret:
         """Decrypt a sealed secret; raise MasterKeyError if the key or context is wrong."""
         header_len = len(SEAL_VERSION) + KEY_ID_BYTES
         header, nonce = sealed[:header_len], sealed[header_len : header_len + NONCE_BYTES]
-        if header[:1] != SEAL_VERSION:
-            raise MasterKeyError("sealed secret has an unknown format version")
+        version = header[:1]
+        if version not in (SEAL_VERSION, UNPADDED_VERSION) or len(sealed) < (
+            header_len + NONCE_BYTES + TAG_BYTES
+        ):
+            raise MasterKeyError("sealed secret is malformed or has an unknown format version")
         if header[1:] != self.key_id:
-            raise MasterKeyError(
+            raise WrongMasterKey(
                 f"secret was sealed with key {header[1:].hex()}, not the loaded key "
                 f"{self.key_id.hex()}: is key_file the one used when the user was added?"
             )
@@ -59,10 +68,27 @@ class MasterKey:
                 nonce, sealed[header_len + NONCE_BYTES :], header + context
             )
         except InvalidTag:
-            raise MasterKeyError(
+            raise SealDoesNotOpen(
                 "sealed secret does not open: wrong key or tampered data"
             ) from None
-        return Secret(plaintext.decode())
+        return Secret((unpad(plaintext) if version == SEAL_VERSION else plaintext).decode())
+
+
+def pad(data: bytes) -> bytes:
+    """data with its padding, up to the smallest bucket that holds it and the mark."""
+    needed = len(data) + len(PAD_MARK)
+    largest = PAD_BUCKETS[-1]
+    size = next((bucket for bucket in PAD_BUCKETS if bucket >= needed), 0)
+    size = size or -(-needed // largest) * largest
+    return data + PAD_MARK + bytes(size - needed)
+
+
+def unpad(padded: bytes) -> bytes:
+    """The data that pad() padded."""
+    stripped = padded.rstrip(b"\0")
+    if not stripped.endswith(PAD_MARK):
+        raise MasterKeyError("sealed secret has malformed padding")
+    return stripped[: -len(PAD_MARK)]
 
 
 def key_path(configured: Path, environ: Mapping[str, str]) -> Path:

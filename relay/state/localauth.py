@@ -8,8 +8,12 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Callable
 
 from relay.model import Secret
+
+# A key derivation function as hashlib.scrypt is called here: (secret, salt, n, r, p) -> digest.
+Kdf = Callable[[bytes, bytes, int, int, int], bytes]
 
 # 32 letters and digits carry 190 bits: far beyond guessing, so one SHA-256 round suffices.
 # No punctuation, so no app or shell mistakes the secret for an option or a quote.
@@ -43,14 +47,14 @@ def hash_chosen_secret(secret: Secret) -> str:
     )
 
 
-def verify_stored_hash(stored: str, offered: bytes) -> bool:
+def verify_stored_hash(stored: str, offered: bytes, kdf: Kdf | None = None) -> bool:
     """Check an offered secret against a stored hash, in constant time; may be slow (scrypt)."""
     scheme, _, rest = stored.partition("$")
     if scheme == "sha256":
         return hmac.compare_digest(hashlib.sha256(offered).hexdigest(), rest)
     if scheme == "scrypt":
         n, r, p, salt, digest = rest.split("$")
-        computed = _scrypt(offered, _unb64(salt), int(n), int(r), int(p))
+        computed = (kdf or _scrypt)(offered, _unb64(salt), int(n), int(r), int(p))
         return hmac.compare_digest(computed, _unb64(digest))
     return False
 
@@ -63,23 +67,45 @@ def is_slow_hash(stored: str) -> bool:
 class LocalVerifier:
     """Verifies local logins, caching slow-hash successes as Dovecot's auth cache does."""
 
-    def __init__(self) -> None:
+    def __init__(self, kdf: Kdf | None = None) -> None:
+        self._kdf: Kdf = kdf or _scrypt
         # A per-process key, so the cache holds nothing that verifies outside this process.
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[str, tuple[str, bytes]] = {}
+        # What a failure with no scrypt hash to check runs instead: the same scrypt, same cost.
+        self._dummy_salt = secrets.token_bytes(SALT_BYTES)
+        self._dummy_digest = secrets.token_bytes(32)
 
-    async def verify(self, login: str, stored: str, offered: bytes) -> bool:
-        """Whether the offered secret matches; slow hashes run off the event loop."""
+    def proven(self, login: str, stored: str, offered: bytes) -> bool:
+        """Whether the secret is right by a cheap check alone: a generated or a cached secret."""
+        # No slow work here, so a right secret never waits behind a guess; a false answer only
+        # sends the attempt on to verify(), which costs the same for every kind of failure.
         if not is_slow_hash(stored):
             return verify_stored_hash(stored, offered)
-        fingerprint = hmac.digest(self._cache_key, offered, "sha256")
         cached = self._cache.get(login)
-        if cached is not None and cached[0] == stored:
-            return hmac.compare_digest(cached[1], fingerprint)
-        ok = await asyncio.to_thread(verify_stored_hash, stored, offered)
-        if ok:
-            self._cache[login] = (stored, fingerprint)
-        return ok
+        fingerprint = hmac.digest(self._cache_key, offered, "sha256")
+        return (
+            cached is not None
+            and cached[0] == stored
+            and hmac.compare_digest(cached[1], fingerprint)
+        )
+
+    async def verify(self, login: str, stored: str | None, offered: bytes) -> bool:
+        """The full check, always one scrypt at the default cost; stored is None for no login."""
+        # Issue 21: an unknown or disabled login (stored None) or a generated secret's SHA-256
+        # hash would otherwise fail in microseconds where a chosen secret takes scrypt's time,
+        # and the difference names the logins that exist. Each runs the same scrypt instead.
+        if stored is not None and is_slow_hash(stored):
+            ok = await asyncio.to_thread(verify_stored_hash, stored, offered, self._kdf)
+            if ok:
+                self._cache[login] = (stored, hmac.digest(self._cache_key, offered, "sha256"))
+            return ok
+        await asyncio.to_thread(self._dummy, offered)
+        return stored is not None and verify_stored_hash(stored, offered)
+
+    def _dummy(self, offered: bytes) -> bool:
+        computed = self._kdf(offered, self._dummy_salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        return hmac.compare_digest(computed, self._dummy_digest)
 
 
 def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:

@@ -12,8 +12,12 @@ from relay.errors import StoreError, UnknownUser
 from relay.model import CheckRecord, UpstreamAuth, User
 from relay.providers.presets import SentCopy
 from relay.state.grants import GRANTS_TABLE, Grants
+from relay.state.keys import MasterKey
+from relay.state.sealing import UPSTREAM_CREDENTIAL as UPSTREAM_CREDENTIAL
+from relay.state.sealing import reseal_legacy
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+RESEALED_AT = 5  # the upgrade to this schema binds every seal to its provider and upstream user
 _CHECKS_TABLE = """
 CREATE TABLE IF NOT EXISTS checks (
     login          TEXT PRIMARY KEY,
@@ -69,6 +73,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE users ADD COLUMN auth TEXT NOT NULL DEFAULT 'password' "
         "CHECK (auth IN ('password', 'oauth2'))",
     ),
+    (),  # 4 to 5 re-seals the secrets (relay.state.sealing.reseal_legacy), which needs the key
 )
 COLUMNS = (
     "login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled, "
@@ -77,14 +82,6 @@ COLUMNS = (
 )
 CHECK_COLUMNS = "login, checked_at, passed, failed_stage, summary, report"
 PLACEHOLDERS = "(" + ",".join("?" * len(COLUMNS.split(","))) + ")"
-
-
-UPSTREAM_CREDENTIAL = "upstream_password"  # the name of the sealed field, not a secret
-
-
-def secret_context(login: str, what: str) -> bytes:
-    """Associated data that binds a sealed secret to its user and field."""
-    return f"relay user={login} field={what}".encode()
 
 
 class Store:
@@ -101,7 +98,7 @@ class Store:
         self._users_as_of: tuple[int, int] = (-1, -1)
 
     @classmethod
-    def create(cls, path: Path) -> Store:
+    def create(cls, path: Path, key: MasterKey | None = None) -> Store:
         """Create (or open) the database file, 0600, with the current schema."""
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -110,12 +107,16 @@ class Store:
             store._db.executescript(SCHEMA)
             if store._version() == 0:  # a new file, so SCHEMA made the current tables
                 store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        store._upgrade()
+        try:
+            store._upgrade(key)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        """Open an existing database, with a clear error if 'relay init' has not run."""
+    def open(cls, path: Path, key: MasterKey | None = None) -> Store:
+        """Open an existing database; an older one with sealed secrets needs the key to upgrade."""
         if not path.is_file():
             raise StoreError(f"database not found: {path} (run 'relay init' first)")
         store = cls(_connect(path), path)
@@ -126,14 +127,18 @@ class Store:
             raise StoreError(
                 f"database {path} has schema {version}{newer}, expected {SCHEMA_VERSION}"
             )
-        store._upgrade()
+        try:
+            store._upgrade(key)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _version(self) -> int:
         version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
         return version
 
-    def _upgrade(self) -> None:
+    def _upgrade(self, key: MasterKey | None) -> None:
         """Bring an older database up to SCHEMA_VERSION in one transaction."""
         if self._version() == SCHEMA_VERSION:
             return
@@ -141,9 +146,12 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 # Read again under the write lock: another relay process may have upgraded it.
-                for statements in MIGRATIONS[self._version() - 1 :]:
+                version = self._version()
+                for statements in MIGRATIONS[version - 1 :]:
                     for statement in statements:
                         self._db.execute(statement)
+                if version < RESEALED_AT:
+                    reseal_legacy(self._db, key, self.path)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.commit()
             except BaseException:
@@ -204,7 +212,28 @@ class Store:
             self._db.execute("DELETE FROM oauth_grants WHERE login = ?", (login,))
 
     def update_user(self, user: User) -> None:
-        """Write back every field of an existing user."""
+        """Write back every field of an existing user, whose provider and upstream user stay."""
+        user = replace(user, updated_at=time.time())
+        with self._db:
+            cursor = self._db.execute(
+                f"UPDATE users SET ({COLUMNS}) = {PLACEHOLDERS} "
+                "WHERE login = ? AND provider = ? AND upstream_user = ?",
+                (*_row(user), user.login, user.provider, user.upstream_user),
+            )
+            if cursor.rowcount == 0:
+                self.get_user(user.login)  # UnknownUser if that is why
+                # Its seals are bound to both: they would no longer open (relay.state.sealing).
+                raise StoreError(
+                    f"user {user.login}: a new provider or upstream user needs the secrets "
+                    "re-sealed for it (Store.rebind_user)"
+                )
+
+    def rebind_user(
+        self, user: User, *, refresh: tuple[bytes, bytes] | None, forget_grant: bool
+    ) -> None:
+        """Write a user whose provider or upstream user changed, with secrets sealed anew for it."""
+        # refresh: (the sealed refresh token that was re-sealed, its new seal). Replaced only if
+        # the grant still holds the old one, as in Grants.refreshed; else nothing is written.
         user = replace(user, updated_at=time.time())
         with self._db:
             cursor = self._db.execute(
@@ -213,6 +242,19 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise UnknownUser(user.login)
+            if forget_grant:
+                self._db.execute("DELETE FROM oauth_grants WHERE login = ?", (user.login,))
+            elif refresh is not None:
+                cursor = self._db.execute(
+                    "UPDATE oauth_grants SET sealed_refresh = ? WHERE login = ? "
+                    "AND sealed_refresh = ?",
+                    (refresh[1], user.login, refresh[0]),
+                )
+                if cursor.rowcount == 0:
+                    raise StoreError(
+                        f"the OAuth2 grant of {user.login} changed meanwhile (renewed by the "
+                        "daemon?); nothing was changed: run the command again"
+                    )
 
     def switch_to_oauth2(self, login: str) -> None:
         """The user logs in upstream with OAuth2 from now on; their stored password is deleted."""
@@ -284,6 +326,8 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=10.0)
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = FULL")
+        # Replaced and deleted seals are overwritten with zeros, not left in free pages.
+        connection.execute("PRAGMA secure_delete = ON")
     except sqlite3.Error as error:
         raise StoreError(f"cannot open database {path}: {error}") from None
     return connection

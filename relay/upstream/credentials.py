@@ -12,7 +12,8 @@ from relay.model import Secret, UpstreamAuth, User
 from relay.oauth.client import TokenEndpoint, token_http_client
 from relay.oauth.tokens import AccessTokens, usable_grant
 from relay.state.keys import MasterKey
-from relay.state.store import UPSTREAM_CREDENTIAL, Store, secret_context
+from relay.state.sealing import UPSTREAM_CREDENTIAL, open_secret
+from relay.state.store import Store
 from relay.state.writer import StoreWriter
 from relay.tls import TlsContexts
 
@@ -50,7 +51,15 @@ class Credentials:
                 "4.7.0",
                 f"no upstream password stored for {user.login}; run 'relay user set-password'",
             )
-        secret = self._key.open(user.sealed_secret, secret_context(user.login, UPSTREAM_CREDENTIAL))
+        # Bound to the provider it goes to: a row pointed elsewhere does not open.
+        secret = open_secret(
+            self._key,
+            user.sealed_secret,
+            login=user.login,
+            field=UPSTREAM_CREDENTIAL,
+            provider=provider.name,
+            upstream_user=user.upstream_user,
+        )
         self._on_secret(secret)
         return UpstreamSecret(secret, bearer=False, identity=_fingerprint(user.sealed_secret))
 

@@ -12,19 +12,20 @@ from dataclasses import dataclass, field, replace
 import aiosmtplib
 
 from relay.config.model import RelayConfig
-from relay.errors import UpstreamError
+from relay.errors import DeliveryInDoubt, UpstreamError
 from relay.providers.presets import Endpoint, TlsMode
 from relay.reply import Reply
 from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount, UpstreamTimeouts
 from relay.upstream.replies import auth_error, provider_reply, reply_error, upstream_error
 from relay.upstream.sasl import smtp_login
-from relay.upstream.senddata import send_data
+from relay.upstream.senddata import ReplyLost, send_data
 
 logger = logging.getLogger("relay.pool")  # the name shows in log lines: kept from 0.1
 
 SERVICE_CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
 FRESH_SESSION = 2.0  # seconds since its last mail within which a session is reused unprobed
+QUIT_TIMEOUT = 5.0
 
 
 class BrokenIdleSession(Exception):
@@ -126,6 +127,10 @@ class UpstreamPool:
     ) -> SendOutcome:
         try:
             outcome = await transact(session, sender, recipients, data, reused=reused)
+        except asyncio.CancelledError:
+            # Shutdown's grace is over: a polite QUIT could wait seconds more on a stalled server.
+            session.client.close()
+            raise
         except BaseException:
             await close_session(session)
             raise
@@ -180,23 +185,25 @@ class UpstreamPool:
             slots.idle[:] = [s for s in slots.idle if s not in stale]
             await _close_sessions(stale)
 
-    async def close_all(self) -> None:
+    async def close_all(self, quit_timeout: float = QUIT_TIMEOUT) -> None:
         """Close every idle session (sessions in use close when their send ends)."""
-        await _close_idle_sessions(self._slots.values())
+        await _close_idle_sessions(self._slots.values(), quit_timeout)
 
 
-async def _close_idle_sessions(all_slots: Iterable[_UserSlots]) -> None:
+async def _close_idle_sessions(
+    all_slots: Iterable[_UserSlots], quit_timeout: float = QUIT_TIMEOUT
+) -> None:
     idle: list[Session] = []
     for slots in all_slots:
         idle.extend(slots.idle)
         slots.idle.clear()
-    await _close_sessions(idle)
+    await _close_sessions(idle, quit_timeout)
 
 
-async def _close_sessions(sessions: Iterable[Session]) -> None:
+async def _close_sessions(sessions: Iterable[Session], quit_timeout: float = QUIT_TIMEOUT) -> None:
     # Together: one server slow to answer QUIT must not hold up the others, a reload, a
     # shutdown or the queue runner's tick.
-    await asyncio.gather(*(close_session(session) for session in sessions))
+    await asyncio.gather(*(close_session(session, quit_timeout) for session in sessions))
 
 
 def smtp_client(
@@ -261,6 +268,9 @@ async def _recipients_and_data(
         response = await send_data(client, data)
     except aiosmtplib.SMTPDataError as error:
         raise reply_error(error.code, error.message, where) from None
+    except ReplyLost as error:
+        text = f"{where} did not answer the end of DATA ({error}): it may have the mail"
+        raise DeliveryInDoubt(451, "4.4.2", text) from None
     reply = provider_reply(response.code, response.message)
     return SendOutcome(reply, dict.fromkeys(accepted, reply), deferred, failed)
 
@@ -274,11 +284,11 @@ async def _reset(session: Session) -> bool:
     return response.code == 250
 
 
-async def close_session(session: Session) -> None:
+async def close_session(session: Session, quit_timeout: float = QUIT_TIMEOUT) -> None:
     """QUIT politely, or just drop the connection if the server is gone."""
     if not session.client.is_connected:
         return
     try:
-        await session.client.quit(timeout=5.0)
+        await session.client.quit(timeout=quit_timeout)
     except (aiosmtplib.SMTPException, OSError):
         session.client.close()

@@ -23,6 +23,13 @@ COMPLETED = 250
 WRITE_CHUNK = 256 * 1024
 
 
+class ReplyLost(Exception):
+    """The end of DATA was handed to the connection, and no reply to it came back."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+
 async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
     """DATA through aiosmtplib's lower-level calls: its data() copies the message three times."""
     start = await client.execute_command(b"DATA")
@@ -31,25 +38,39 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
     protocol = client.protocol
     if protocol is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    progress = _Progress()
     try:
-        await _write_data(protocol, data, client.timeout)
+        await _write_data(protocol, data, client.timeout, progress)
         response = await protocol.read_response(timeout=client.timeout)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError):
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
         client.close()  # as data() does: a half-sent message leaves the session unusable
+        if progress.all_written:
+            # The server may have taken the mail and answered 250 into the void.
+            raise ReplyLost(error) from error
         raise
     if response.code != COMPLETED:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response
 
 
-async def _write_data(protocol: SMTPProtocol, data: bytes, timeout: float | None) -> None:
+class _Progress:
+    """How far a DATA write got: once the end of data is written, a lost reply is in doubt."""
+
+    all_written = False
+
+
+async def _write_data(
+    protocol: SMTPProtocol, data: bytes, timeout: float | None, progress: _Progress
+) -> None:
     """Write the message in pieces, each once the connection has taken the one before."""
     pieces = wire_pieces(data)
     if len(data) < WRITE_CHUNK:
         pieces = [b"".join(pieces)]  # a small mail costs one TLS record and one send, not three
-    for piece in pieces:
+    for index, piece in enumerate(pieces):
+        last_piece = index == len(pieces) - 1
         for start in range(0, len(piece), WRITE_CHUNK):
             protocol.write(piece[start : start + WRITE_CHUNK])
+            progress.all_written = last_piece and start + WRITE_CHUNK >= len(piece)
             # Written at once, a 10 MB mail is held three more times by asyncio's TLS layer and
             # socket buffer. aiosmtplib has no public drain(); _drain_helper is its flow-control
             # hook (the asyncio StreamWriter.drain() pattern it copies).

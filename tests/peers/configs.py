@@ -78,6 +78,9 @@ DOVECOT_DELIVERY = """\
 protocols = lmtp
 ssl = no
 disable_plaintext_auth = no
+# erin+Sent@... is saved into erin's "Sent" (SELF_FILING_USERS in mailpeers.py).
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = yes
 service lmtp {
   unix_listener lmtp-postfix {
     user = postfix
@@ -136,6 +139,8 @@ maillog_file_prefixes = {log_dir}
 virtual_mailbox_domains = example.org example.net
 virtual_mailbox_maps = inline:{{ {mailboxes} }}
 virtual_transport = lmtp:unix:{lmtp}
+recipient_delimiter = +
+sender_bcc_maps = inline:{{ {sent_bcc} }}
 message_size_limit = 41943040
 smtpd_tls_chain_files = {key}, {cert}
 smtpd_tls_security_level = may

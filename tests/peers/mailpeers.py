@@ -42,7 +42,11 @@ USERS = (
     ("bob", "example.org"),
     ("carol", "example.net"),
     ("dave", "example.net"),
+    ("erin", "example.net"),
 )
+# Postfix files a copy of everything erin submits in her Sent folder, as Gmail and Microsoft 365
+# do: sender_bcc_maps sends it to erin+Sent, which Dovecot's LMTP saves into "Sent".
+SELF_FILING_USERS = frozenset({"erin"})
 # carol's mailbox has "Itens Enviados" and no special-use flags, for name-based Sent discovery.
 PLAIN_NAMESPACE_USERS = frozenset({"carol"})
 PROGRAMS = (("postfix", "postfix"), ("dovecot", "dovecot-core"), ("script", "bsdutils"))
@@ -353,6 +357,10 @@ class MailPeers:
         for directory in (conf, queue, self._postfix_log.parent):
             directory.mkdir(parents=True)
         mailboxes = ", ".join(f"{account.address}=ok" for account in self.accounts.values())
+        bcc = ", ".join(
+            f"{self.accounts[local].address}={_detail(self.accounts[local].address, 'Sent')}"
+            for local in sorted(SELF_FILING_USERS)
+        )
         main = POSTFIX_MAIN.format(
             queue=queue,
             data=self.workdir / "postfix" / "data",
@@ -360,6 +368,7 @@ class MailPeers:
             log=self._postfix_log,
             log_dir=self._postfix_log.parent,
             mailboxes=mailboxes,
+            sent_bcc=bcc,
             lmtp=lmtp,
             key=key,
             cert=cert,
@@ -500,6 +509,11 @@ def _wait_closed(endpoints: tuple[Endpoint, ...]) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"still accepting connections after stop: {endpoints}")
         time.sleep(0.05)
+
+
+def _detail(address: str, detail: str) -> str:
+    local, domain = address.split("@", 1)
+    return f"{local}+{detail}@{domain}"
 
 
 def _tail(path: Path, lines: int = 40) -> str:
