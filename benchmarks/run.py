@@ -45,12 +45,26 @@ from benchmarks.services import (
 )
 from benchmarks.smtpclient import Target
 
-MODES = ("direct", "relay", "postfix")
+# direct-plain: the load generator to the sink with AUTH and no TLS, what a local SMTP round
+# trip costs with nothing behind it (the limit). direct: the app straight to the provider, TLS
+# and AUTH. relay: relay at its default config (spool mode, info logs). relay-verdict: the
+# app waits for the provider's verdict. postfix: Postfix as a smarthost.
+MODES = ("direct-plain", "direct", "relay", "relay-verdict", "postfix")
+RELAY_MODES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "relay": (),
+    "relay-verdict": (("listen.0.reply", "verdict"),),
+}
 PATTERNS = {"one": 1, "many": 100}
 # relay's own limits on client connections; the idle probe holds more than their defaults.
 CONNECTION_LIMITS = ("max_connections", "max_connections_per_ip")
 MIN_WINDOW_MAILS = 10
-DRAIN_TIMEOUT = {"direct": 10.0, "relay": 30.0, "postfix": 180.0}
+DRAIN_TIMEOUT = {
+    "direct-plain": 10.0,
+    "direct": 10.0,
+    "relay": 180.0,  # spool mode takes mail faster than a distant provider answers
+    "relay-verdict": 30.0,
+    "postfix": 180.0,
+}
 MIB_KIB = 1024
 
 
@@ -74,6 +88,7 @@ class Settings:
     profile_seconds: float
     relay_overrides: tuple[tuple[str, Any], ...]
     relay_rev: str | None
+    delays_ms: tuple[int, ...] = (0,)  # the provider's delay before its 250 to DATA
 
 
 @dataclass
@@ -90,7 +105,11 @@ class Context:
 
     @contextmanager
     def fresh_relay(
-        self, name: str, level: str = "warning", connections: int = 0
+        self,
+        name: str,
+        level: str | None = None,
+        connections: int = 0,
+        extra: tuple[tuple[str, Any], ...] = (),
     ) -> Iterator[RelayRun]:
         """A relay with its own new state directory (empty spool), removed afterwards.
 
@@ -100,9 +119,8 @@ class Context:
         self.runs_started += 1
         root = self.workdir / f"relay-{self.runs_started}-{name}"
         try:
-            setup = prepare_relay(
-                root, self.sink, self.tls.ca_file, self.relay_overrides, self.relay_source
-            )
+            overrides = (*extra, *self.relay_overrides)
+            setup = prepare_relay(root, self.sink, self.tls.ca_file, overrides, self.relay_source)
             limits = relay_resolved_config(setup).get("limits", {})
             raised = {
                 f"limits.{key}": connections + 100
@@ -137,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", help="mail sizes (default 2k,100k,10m)")
     parser.add_argument("--patterns", help="one (mail per connection), many (default both)")
     parser.add_argument("--duration", type=float, help="counted seconds per run (default 4)")
+    parser.add_argument(
+        "--delays",
+        help="the provider's delay before its 250 to DATA, in ms (default 0,300; smoke 0)",
+    )
     parser.add_argument("--warmup", type=float, help="minimum warm-up seconds (default 1)")
     parser.add_argument("--per-connection", type=int, help="mails per connection for 'many'")
     parser.add_argument("--idle-connections", type=int, help="idle probe size (default 1000)")
@@ -190,6 +212,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         profile_seconds=10.0,
         relay_overrides=tuple(_override(item) for item in args.relay_set),
         relay_rev=args.relay_rev,
+        delays_ms=tuple(int(d) for d in pick(args.delays, "0" if smoke else "0,300")),
     )
 
 
@@ -200,22 +223,29 @@ def _override(item: str) -> tuple[str, Any]:
     return dotted.strip(), yaml.safe_load(value)
 
 
-def workloads(settings: Settings) -> Iterator[tuple[str, str, int]]:
-    """(size, pattern, clients) in run order; a 10 MB mail gains nothing from connection reuse."""
-    for size in settings.sizes:
-        for pattern in settings.patterns:
-            if pattern == "many" and parse_size(size) >= 1024 * 1024 and len(settings.patterns) > 1:
-                continue
-            for clients in settings.clients:
-                yield size, pattern, clients
+def workloads(settings: Settings) -> Iterator[tuple[str, str, int, int]]:
+    """(size, pattern, clients, delay ms) in run order: everything with an instant provider,
+    the headline workloads with each slower one; a 10 MB mail gains nothing from reuse."""
+    for delay in settings.delays_ms:
+        for size in settings.sizes if not delay else (report.HEADLINE[0],):
+            for pattern in settings.patterns if not delay else ("one",):
+                if pattern == "many" and parse_size(size) >= 1 << 20 and len(settings.patterns) > 1:
+                    continue
+                for clients in settings.clients:
+                    yield size, pattern, clients, delay
 
 
 def measure(
-    ctx: Context, settings: Settings, mode: str, workload: tuple[str, str, int], level: str = ""
+    ctx: Context,
+    settings: Settings,
+    mode: str,
+    workload: tuple[str, str, int, int],
+    level: str = "",
 ) -> dict[str, Any]:
     """Run one workload in one mode and return its record."""
-    size, pattern, clients = workload
+    size, pattern, clients, delay = workload
     ctx.sink.reset()
+    ctx.sink.set_delay(delay)
     spec = LoadSpec(
         target=Target("127.0.0.1", 0),
         clients=clients,
@@ -229,10 +259,12 @@ def measure(
     )
     record: dict[str, Any] = {"mode": mode + (f"@{level}" if level else "")}
     record.update(size=size, pattern=pattern, clients=clients, per_connection=spec.per_connection)
+    record["delay_ms"] = delay
     with _server(ctx, mode, level, record) as (target, watch):
         spec = replace(spec, target=target, watch={**spec.watch, **watch})
         result = run_loadgen(spec)
         stats, drained = ctx.sink.wait_for(result["accepted_total"], DRAIN_TIMEOUT[mode])
+        ctx.sink.set_delay(0)  # the next relay's start-up check must not wait on it
         window = result["window"]
         inside = ctx.sink.stats(window["start"], window["end"])["window_mails"]
         if "server" in watch:
@@ -269,7 +301,12 @@ def _server(
     ctx: Context, mode: str, level: str, record: dict[str, Any]
 ) -> Iterator[tuple[Target, dict[str, tuple[int, bool]]]]:
     """The target and the processes to watch for one mode; a fresh relay for each run."""
-    if mode == "direct":
+    if mode == "direct-plain":
+        target = Target(
+            "127.0.0.1", ctx.sink.plain_port, login=SINK_LOGIN, password=ctx.sink.password
+        )
+        yield target, {}
+    elif mode == "direct":
         target = Target(
             "127.0.0.1",
             ctx.sink.port,
@@ -285,7 +322,7 @@ def _server(
             raise RuntimeError("postfix mode without a running Postfix")
         yield Target("127.0.0.1", ctx.postfix.port), {"server": (ctx.postfix.pid, True)}
     else:
-        with ctx.fresh_relay(mode, level or "warning") as relay:
+        with ctx.fresh_relay(mode, level or None, extra=RELAY_MODES[mode]) as relay:
             pid = relay.process.pid
             record["server_start_rss_mib"] = round(memory_kib(pid, "VmRSS") / MIB_KIB, 1)
             yield relay.target, {"server": (pid, False)}
@@ -355,16 +392,17 @@ def _run_all(ctx: Context, settings: Settings, modes: tuple[str, ...], out: dict
             print(report.table([run])[-1], flush=True)
     if "relay" not in modes:
         return
-    headline = report.HEADLINE
+    headline = (*report.HEADLINE, 0)
     if settings.info_run:
-        out["runs"].append(measure(ctx, settings, "relay", headline, level="info"))
+        # The headline runs relay at its default level (info); this shows what logs cost.
+        out["runs"].append(measure(ctx, settings, "relay", headline, level="warning"))
     out["memory"] = {
         "idle": probes.idle_connections(ctx, settings.idle_connections),
         "large": probes.large_mail(ctx, settings.large_size, parse_size(settings.large_size)),
     }
     if settings.profile:
         out["profile"] = {
-            "headline": probes.profile(ctx, settings, "headline", headline),
+            "headline": probes.profile(ctx, settings, "headline", report.HEADLINE),
             "large": probes.profile(ctx, settings, "large", (settings.large_size, "one", 1)),
         }
 

@@ -101,7 +101,8 @@ class SinkProcess:
         self.process = process
         self.password = password
         hello = self._read()
-        self.port = int(hello["port"])
+        self.port = int(hello["port"])  # STARTTLS before AUTH, as providers want
+        self.plain_port = int(hello["plain_port"])  # AUTH in the clear: the direct-plain baseline
         self.pid = process.pid
 
     def _read(self) -> dict[str, Any]:
@@ -128,6 +129,10 @@ class SinkProcess:
     def reset(self) -> None:
         """Forget what was counted."""
         self._ask("reset")
+
+    def set_delay(self, data_ms: float, command_ms: float = 0.0) -> None:
+        """Answer the end of DATA (and MAIL, RCPT) after this long, as a distant provider."""
+        self._ask(f"delay {data_ms} {command_ms}")
 
     def wait_for(self, mails: int, timeout: float) -> tuple[dict[str, int], float]:
         """Wait until mails arrived (or timeout); return the stats and the seconds waited."""
@@ -191,7 +196,7 @@ def write_relay_config(
     ca_file: Path,
     *,
     port: int = 0,
-    level: str = "warning",
+    level: str | None = None,
     overrides: tuple[tuple[str, Any], ...] = (),
 ) -> Path:
     """Write relay's config.yaml: a loopback listener, the sink as the one provider."""
@@ -201,7 +206,6 @@ def write_relay_config(
         "key_file": "relay.key",
         "hostname": "relay.bench.test",
         "shutdown_grace": 5,
-        "logging": {"level": level},
         "providers": {
             "sink": {
                 "smtp": {"host": "127.0.0.1", "port": sink_port, "tls": "starttls"},
@@ -209,12 +213,14 @@ def write_relay_config(
             }
         },
     }
+    if level is not None:  # None: relay's default level, as a new user runs it
+        document["logging"] = {"level": level}
     for dotted, value in overrides:
         *parents, last = dotted.split(".")
-        section = document
-        for name in parents:
-            section = section.setdefault(name, {})
-        section[last] = value
+        section: Any = document
+        for name in parents:  # a number steps into a list: listen.0.reply
+            section = section[int(name)] if name.isdigit() else section.setdefault(name, {})
+        section[int(last) if last.isdigit() else last] = value
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -292,7 +298,7 @@ class RelayProcess:
 
 @contextmanager
 def running_relay(
-    setup: RelaySetup, log_path: Path, level: str = "warning"
+    setup: RelaySetup, log_path: Path, level: str | None = None
 ) -> Iterator[RelayProcess]:
     """Start `relay serve` on a free port, wait until it accepts, and stop it afterwards."""
     # Below info level relay does not log its listening line, so port 0 cannot be used.

@@ -1,11 +1,14 @@
 """The upstream sink: an SMTP server with STARTTLS and AUTH that counts mail and keeps none.
 
 Run as its own process: `python -m benchmarks.sink --cert C --key K --login L` with the
-password in $BENCH_SINK_PASSWORD. It prints `{"port": N}` once listening, then answers control
-lines on stdin, one JSON line each on stdout:
+password in $BENCH_SINK_PASSWORD. It prints `{"port": N, "plain_port": M}` once listening (port
+wants STARTTLS before AUTH, as providers do; plain_port takes AUTH in the clear, for the
+direct-plain baseline), then answers control lines on stdin, one JSON line each on stdout:
 
     stats [T0 T1]   totals, and how many mails arrived between monotonic times T0 and T1
     reset           forget everything counted so far
+    delay D [C]     wait D ms before the reply to the end of DATA (and C ms before the replies
+                    to MAIL and RCPT), as a provider far away does; 0 answers at once
     quit            stop (end of stdin does the same)
 
 It is a raw asyncio.Protocol rather than aiosmtpd because aiosmtpd reads DATA one line at a
@@ -27,8 +30,8 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 END_OF_DATA = b"\r\n.\r\n"
 MAX_LINE = 4096
@@ -67,13 +70,23 @@ class Counters:
         }
 
 
+@dataclass
+class Delays:
+    """How long the sink takes to answer, in seconds; set from the control pipe."""
+
+    data: float = 0.0
+    command: float = 0.0
+
+
 @dataclass(frozen=True)
 class SinkSettings:
-    """Who may log in, and the TLS context STARTTLS uses."""
+    """Who may log in, the TLS context STARTTLS uses, and whether AUTH needs it first."""
 
     login: bytes
     password: bytes
     tls: ssl.SSLContext
+    delays: Delays = field(default_factory=Delays)
+    require_tls: bool = True
 
 
 class SinkProtocol(asyncio.Protocol):
@@ -94,6 +107,7 @@ class SinkProtocol(asyncio.Protocol):
         self.pending_auth: str | None = None  # "plain", "login-user" or "login-password"
         self.auth_user = b""
         self.upgrading = False
+        self.answering = False  # a delayed reply is pending: read no further command yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not isinstance(transport, asyncio.Transport):
@@ -116,8 +130,26 @@ class SinkProtocol(asyncio.Protocol):
         self.buffer += data
         self._run_commands()
 
+    def _answer(self, line: str, delay: float, then: Callable[[], None] | None = None) -> None:
+        """Reply after delay seconds, reading no further command until then."""
+        if not delay:
+            if then is not None:
+                then()
+            self.reply(line)
+            return
+        self.answering = True
+
+        def answer() -> None:
+            self.answering = False
+            if then is not None:
+                then()
+            self.reply(line)
+            self._run_commands()
+
+        asyncio.get_running_loop().call_later(delay, answer)
+
     def _run_commands(self) -> None:
-        while not self.in_data and not self.upgrading:
+        while not self.in_data and not self.upgrading and not self.answering:
             end = self.buffer.find(b"\r\n")
             if end < 0:
                 if len(self.buffer) > MAX_LINE:
@@ -147,13 +179,17 @@ class SinkProtocol(asyncio.Protocol):
         consumed = end + len(END_OF_DATA) - len(self.data_tail)
         self.data_bytes += consumed
         self.in_data = False
-        self.counters.arrivals.append(time.monotonic())
-        self.counters.bytes += self.data_bytes
         self.has_sender, self.recipients = False, 0
-        self.reply(f"250 2.0.0 Ok: queued as {len(self.counters.arrivals)}")
-        rest = data[consumed:]
-        if rest:
-            self.buffer += rest
+        size = self.data_bytes
+
+        def arrived() -> None:  # counted when the 250 goes out: that is when it was taken
+            self.counters.arrivals.append(time.monotonic())
+            self.counters.bytes += size
+
+        self.buffer += data[consumed:]
+        queued = f"250 2.0.0 Ok: queued as {len(self.counters.arrivals) + 1}"
+        self._answer(queued, self.settings.delays.data, arrived)
+        if not self.answering and self.buffer:
             self._run_commands()
 
     def _command(self, line: bytes) -> None:
@@ -174,13 +210,13 @@ class SinkProtocol(asyncio.Protocol):
                 self.reply("530 5.7.0 authentication required")
             else:
                 self.has_sender, self.recipients = True, 0
-                self.reply("250 2.1.0 Ok")
+                self._answer("250 2.1.0 Ok", self.settings.delays.command)
         elif verb == b"RCPT":
             if not self.has_sender:
                 self.reply("503 5.5.1 need MAIL first")
             else:
                 self.recipients += 1
-                self.reply("250 2.1.5 Ok")
+                self._answer("250 2.1.5 Ok", self.settings.delays.command)
         elif verb == b"DATA":
             if not self.recipients:
                 self.reply("503 5.5.1 need RCPT first")
@@ -204,7 +240,9 @@ class SinkProtocol(asyncio.Protocol):
             self.reply(f"250 {HOSTNAME}")
             return
         lines = [HOSTNAME, "PIPELINING", f"SIZE {MAX_MESSAGE}", "8BITMIME"]
-        lines.append("AUTH PLAIN LOGIN" if self.tls else "STARTTLS")
+        lines.append(
+            "AUTH PLAIN LOGIN" if self.tls or not self.settings.require_tls else "STARTTLS"
+        )
         lines.append("ENHANCEDSTATUSCODES")
         for line in lines[:-1]:
             self.reply(f"250-{line}")
@@ -241,7 +279,7 @@ class SinkProtocol(asyncio.Protocol):
         self._run_commands()
 
     def _auth(self, arg: bytes) -> None:
-        if not self.tls:
+        if not self.tls and self.settings.require_tls:
             self.reply("530 5.7.0 must issue STARTTLS first")
             return
         mechanism, _, initial = arg.partition(b" ")
@@ -307,7 +345,7 @@ def _b64(blob: bytes) -> bytes:
         return b""
 
 
-async def _control(counters: Counters) -> None:
+async def _control(counters: Counters, delays: Delays) -> None:
     """Answer control lines on stdin until quit or end of input."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -323,6 +361,10 @@ async def _control(counters: Counters) -> None:
             for name in Counters.__dataclass_fields__:
                 setattr(counters, name, getattr(fresh, name))
             _say({"reset": True})
+        elif command == "delay":
+            delays.data = float(args[0]) / 1000
+            delays.command = float(args[1]) / 1000 if len(args) > 1 else 0.0
+            _say({"delay_ms": args})
         elif command == "quit":
             return
 
@@ -332,18 +374,25 @@ def _say(document: Mapping[str, object]) -> None:
     sys.stdout.flush()
 
 
+async def _listen(settings: SinkSettings, counters: Counters) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: SinkProtocol(settings, counters), "127.0.0.1", 0, backlog=1024
+    )
+
+
 async def serve(settings: SinkSettings) -> None:
     """Listen on 127.0.0.1 port 0, announce the port, and serve until told to quit."""
     counters = Counters()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SinkProtocol(settings, counters), "127.0.0.1", 0, backlog=1024
-    )
-    _say({"port": server.sockets[0].getsockname()[1], "pid": os.getpid()})
+    plain = replace(settings, require_tls=False)
+    servers = [await _listen(kind, counters) for kind in (settings, plain)]
+    port, plain_port = (server.sockets[0].getsockname()[1] for server in servers)
+    _say({"port": port, "plain_port": plain_port, "pid": os.getpid()})
     try:
-        await _control(counters)
+        await _control(counters, settings.delays)
     finally:
-        server.close()
+        for server in servers:
+            server.close()
 
 
 def main() -> None:

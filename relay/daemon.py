@@ -7,19 +7,18 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 from relay.config.live import LiveConfig
 from relay.config.load import load_config
 from relay.config.model import ListenerConfig, OAuthSettings, RelayConfig
-from relay.errors import ConfigError, LibraryMismatch, SpoolDamaged
+from relay.errors import ConfigError, LibraryMismatch
 from relay.listener.handler import RelayHandler, Services
 from relay.listener.protocol import RelaySMTP, aiosmtpd_gaps
+from relay.listener.sockets import open_server, session_class, tcp_addresses
 from relay.listener.tracker import SessionTracker
 from relay.model import UpstreamAuth
 from relay.oauth.tokens import AccessTokens, keep_grants_alive
@@ -33,8 +32,9 @@ from relay.ops.host import (
 )
 from relay.ops.logs import configure_logging
 from relay.ops.metrics import MetricsServer, exposure_warning, metrics_token
-from relay.ops.status import DaemonStatus, remove_status, write_status
-from relay.queue.integrity import check_spool, keep_damaged_log
+from relay.ops.status import DaemonStatus, remove_status, write_delivery, write_status
+from relay.providers.facts import ProviderFacts
+from relay.queue.integrity import verify_spool
 from relay.queue.pause import PauseState
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import Spool
@@ -42,7 +42,7 @@ from relay.state.keys import key_path, load_key
 from relay.state.localauth import LocalVerifier
 from relay.state.store import Store
 from relay.state.writer import StoreWriter
-from relay.tls import TlsContexts
+from relay.tls import TlsContexts, listener_tls
 from relay.upstream.credentials import open_credentials
 from relay.upstream.pool import UpstreamPool, pool_settings
 from relay.upstream.senddata import aiosmtplib_gaps
@@ -74,7 +74,8 @@ def open_services(config: RelayConfig, environ: Mapping[str, str], ops: Ops | No
     master_key = load_key(key_path(config.key_file, environ))
     store = Store.open(config.database_path, master_key)
     tls = TlsContexts()
-    pool = UpstreamPool(pool_settings(config), tls)
+    facts = ProviderFacts()  # written by the pool at each EHLO, read by the listener
+    pool = UpstreamPool(pool_settings(config), tls, facts)
     spool = Spool.open(config.spool_path)
     writer = StoreWriter(config.database_path)
     credentials = open_credentials(
@@ -88,7 +89,9 @@ def open_services(config: RelayConfig, environ: Mapping[str, str], ops: Ops | No
     )
     live = LiveConfig(config)
     runner = QueueRunner(live, store, credentials, spool, pool, ops, writer)
-    services = Services(live=live, store=store, verifier=LocalVerifier(), runner=runner, ops=ops)
+    services = Services(
+        live=live, store=store, verifier=LocalVerifier(), runner=runner, ops=ops, facts=facts
+    )
     return Parts(services, pool, spool, credentials.tokens, writer)
 
 
@@ -115,7 +118,7 @@ class Daemon:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (address, port) pairs actually bound, with real ports even when 0 was asked."""
-        return [s.getsockname()[:2] for server in self._servers for s in server.sockets]
+        return tcp_addresses(self._servers)
 
     async def start(self) -> None:
         """Bind every listener; return once all accept connections."""
@@ -135,6 +138,13 @@ class Daemon:
             logger.info("relay.listening address=%s port=%d", address, port)
         ops, config = self.services.ops, self.services.config
         metrics_port = await self._start_metrics()
+        if config.web.enabled:
+            # Imported here: aiohttp and Jinja2 cost megabytes a daemon without pages never needs.
+            from relay.web.server import run_web
+
+            self._side_tasks.append(
+                await run_web(self.services, self.environ, lambda: self.addresses)
+            )
         ops.metrics.watch_queue(
             lambda: float(self.services.runner.stats.queued),
             lambda: self.services.runner.stats.oldest_age(),
@@ -200,6 +210,19 @@ class Daemon:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             self.services.ops.notifier.status(self._status_line())
+            self.publish_delivery()
+
+    def publish_delivery(self) -> None:
+        """Each user's sessions and pace, for `relay status` and the metrics."""
+        states = self.services.runner.delivery_states()
+        metrics = self.services.ops.metrics
+        for state in states:
+            waiting = state.waiting is not None
+            metrics.user_delivery(state.login, state.provider, state.sessions, state.limit, waiting)
+        try:
+            write_delivery(self.services.config.state_dir, [asdict(state) for state in states])
+        except OSError as error:
+            logger.debug("relay.delivery_unwritable error=%s", error)
 
     async def _feed_watchdog(self, period: float) -> None:
         while True:
@@ -236,14 +259,18 @@ class Daemon:
     ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         config = self.services.config
-        tls = _listener_tls(listener)
+        tls = listener_tls(listener.tls_cert, listener.tls_key)
         loopback = listener.is_loopback  # parses the address: once, not per connection
 
         def protocol() -> RelaySMTP:
-            return RelaySMTP(
+            return session_class(listener)(
                 self.handler,
                 self.tracker,
-                data_size_limit=config.limits.max_message_bytes,
+                listener,
+                # The size limit is the user's provider's, known only at MAIL: relay's EHLO
+                # hook announces it and MAIL and DATA apply it (relay.listener.offers).
+                data_size_limit=None,
+                enable_SMTPUTF8=True,
                 hostname=config.hostname,
                 ident="relay",
                 tls_context=tls,
@@ -256,9 +283,7 @@ class Daemon:
                 loop=loop,
             )
 
-        if sock is not None:
-            return await loop.create_server(protocol, sock=sock)
-        return await loop.create_server(protocol, listener.address, listener.port)
+        return await open_server(loop, protocol, listener, sock)
 
     def request_shutdown(self) -> None:
         """Ask serve() to drain and return; a second request skips the wait."""
@@ -376,21 +401,6 @@ def run_daemon(
     asyncio.run(run())
 
 
-def verify_spool(path: Path, accept_damaged: bool) -> None:
-    """Refuse to start on a damaged spool, unless told to; then keep its log aside first."""
-    damage = check_spool(path)
-    if damage is None:
-        return
-    if not accept_damaged:
-        raise SpoolDamaged(damage.report(path))
-    kept = keep_damaged_log(path)
-    logger.error(
-        "spool.damaged %s (starting anyway, as told; damaged log kept at %s)",
-        "; ".join(damage.findings),
-        kept or "-",
-    )
-
-
 def check_libraries() -> None:
     """Refuse to run on an aiosmtpd or aiosmtplib without the internals relay relies on."""
     gaps = aiosmtpd_gaps() + aiosmtplib_gaps()
@@ -399,12 +409,3 @@ def check_libraries() -> None:
             f"this install lacks {', '.join(gaps)}, which relay relies on: install the "
             "aiosmtpd and aiosmtplib versions pyproject.toml allows (pip install -e .)"
         )
-
-
-def _listener_tls(listener: ListenerConfig) -> ssl.SSLContext | None:
-    if listener.tls_cert is None or listener.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(listener.tls_cert, listener.tls_key)
-    return context

@@ -70,6 +70,10 @@ class SpoolDamaged(StoreError):
     """The start-up check found the spool damaged; the message says what and what to do."""
 
 
+class SocketInUse(RelayError, OSError):
+    """Another process already serves the Unix socket a listener is configured with."""
+
+
 class PolicyRejection(RelayError):
     """A local policy refuses a command; carries the exact SMTP reply."""
 
@@ -129,6 +133,10 @@ class DeliveryInDoubt(TemporaryFailure, ConnectionError):
     """The whole mail went out but its reply never came: the provider may have accepted it."""
 
 
+class QuotaExceeded(TemporaryFailure):
+    """The provider's sending quota for the user is used up (Gmail 5.4.5): wait, do not bounce."""
+
+
 class UpstreamTimeout(TemporaryFailure, TimeoutError):
     """The provider did not answer in time."""
 
@@ -165,6 +173,25 @@ class TokenEndpointUnavailable(OAuthError):
 
     def __init__(self, url: str, problem: str) -> None:
         super().__init__("temporarily_unavailable", f"{url}: {problem}")
+
+
+class InvitationRefused(RelayError):
+    """An enrollment link is unknown, used or expired; login is known for the last two."""
+
+    def __init__(self, reason: str, login: str | None = None) -> None:
+        self.reason = reason
+        self.login = login
+        super().__init__(f"enrollment link {reason}")
+
+
+class WrongAccount(OAuthError):
+    """The account that signed in at the provider is not the user's mailbox."""
+
+    def __init__(self, signed_in: str | None, expected: str) -> None:
+        self.signed_in = signed_in
+        self.expected = expected
+        who = signed_in or "an account the provider did not name"
+        super().__init__("wrong_account", f"signed in as {who}, expected {expected}")
 
 
 class SentCopyRetry(enum.Enum):

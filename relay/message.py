@@ -116,11 +116,19 @@ def field_value(field: bytes) -> str:
     return re.sub(rb"\r\n[ \t]", b" ", value).strip().decode("utf-8", "replace")
 
 
-def prepare(raw: bytes, user: User, mail_from: str, now: float) -> PreparedMessage:
-    """Apply relay's fix-ups: CRLF, Date, a usable Message-ID, Bcc, the optional From rewrite."""
+def prepare(
+    raw: bytes, user: User, mail_from: str, now: float, *, local_names: bool = False
+) -> PreparedMessage:
+    """Apply relay's fix-ups: CRLF, Date, a usable Message-ID, Bcc, the optional From rewrite.
+
+    local_names (mail whose user the connection fixed: `relay sendmail`, a one-user listener):
+    a From or Sender address without a domain, as cron and sendmail write it, is the user's own.
+    """
     data = normalise_line_endings(raw)
     end = header_end(data)
     fields = header_fields(bytes(data[:end]))
+    if local_names:
+        fields = qualified_senders(fields, user)
     names = [field_name(f) for f in fields]
     domain = user.email.rpartition("@")[2]
     if "date" not in names:
@@ -207,3 +215,28 @@ def _one_line(text: str | None) -> str:
     # formataddr quotes an ASCII name but keeps a CR or LF in it, which would start a new
     # header field (RFC 5322 §2.2): the CLI refuses such names, and so does the last step.
     return " ".join("".join(c if c.isprintable() else " " for c in text or "").split())
+
+
+def qualified_senders(fields: list[bytes], user: User) -> list[bytes]:
+    """From and Sender with each address that has no domain made the user's; From if none."""
+    if not any(field_name(f) == "from" for f in fields):
+        # As sendmail does for a message without From (RFC 5322 §3.6 requires one).
+        mailbox = (_one_line(user.display_name), user.email)
+        return [*fields, b"From: " + email.utils.formataddr(mailbox).encode()]
+    return [_qualified(f, user) if field_name(f) in ("from", "sender") else f for f in fields]
+
+
+def _qualified(field: bytes, user: User) -> bytes:
+    value = field_value(field)
+    if len(value) > MAX_ADDRESS_FIELD:
+        return field  # refused later as unreadable (header_sender_refusal)
+    pairs = email.utils.getaddresses([value])
+    if all("@" in address for _, address in pairs):
+        return field
+    # `root (Cron Daemon)`: the comment is the name a mail program shows, so it stays.
+    mailboxes = [
+        (name or _one_line(user.display_name), user.email if "@" not in address else address)
+        for name, address in pairs
+    ]
+    shown = ", ".join(email.utils.formataddr(m) for m in dict.fromkeys(mailboxes))
+    return _FIELD_NAMES[field_name(field)].encode() + b": " + shown.encode()

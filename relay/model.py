@@ -109,3 +109,66 @@ class OAuthClient:
     scopes: tuple[str, ...]
     authorize_params: tuple[tuple[str, str], ...] = ()
     redirect_host: str = "127.0.0.1"  # of the loopback redirect URI
+
+
+class Notify(enum.Enum):
+    """RFC 3461 §4.1 NOTIFY: the events a sender asked to hear about for one recipient."""
+
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    DELAY = "DELAY"
+    NEVER = "NEVER"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientNotice:
+    """One recipient's DSN request (RFC 3461 §4): NOTIFY and ORCPT as the app gave them."""
+
+    notify: frozenset[Notify] = frozenset()  # empty: not given
+    orcpt: str | None = None  # "addr-type;xtext", kept as sent (RFC 3461 §4.2)
+
+    def wants(self, event: Notify) -> bool:
+        """Whether a DSN for this event goes to the sender."""
+        if not self.notify:
+            # RFC 3461 §4.1: without NOTIFY, an MTA reports failures and may report delays.
+            return event in (Notify.FAILURE, Notify.DELAY)
+        return event in self.notify
+
+
+NO_NOTICE = RecipientNotice()
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeParams:
+    """The ESMTP parameters of a mail that must reach the provider: SMTPUTF8 and DSN's."""
+
+    smtputf8: bool = False  # RFC 6531: the addresses or header may hold UTF-8
+    ret: str | None = None  # RFC 3461 §4.3: FULL or HDRS
+    envid: str | None = None  # RFC 3461 §4.4: xtext, kept as sent
+    notices: tuple[tuple[str, RecipientNotice], ...] = ()  # per recipient, when given
+
+    def notice(self, recipient: str) -> RecipientNotice:
+        """The DSN request for one recipient (none given: the default)."""
+        return next((n for r, n in self.notices if r == recipient), NO_NOTICE)
+
+    @property
+    def asks_dsn(self) -> bool:
+        """Whether the app gave any DSN parameter."""
+        return bool(self.ret or self.envid or self.notices)
+
+
+NO_PARAMS = EnvelopeParams()
+
+
+def xtext_decode(text: str) -> str:
+    """RFC 3461 §4: xtext with its +XX escapes undone (invalid escapes are kept as sent)."""
+    out, index = [], 0
+    while index < len(text):
+        hexa = text[index + 1 : index + 3]
+        if text[index] == "+" and len(hexa) == 2 and all(c in "0123456789ABCDEF" for c in hexa):
+            out.append(chr(int(hexa, 16)))
+            index += 3
+        else:
+            out.append(text[index])
+            index += 1
+    return "".join(out)

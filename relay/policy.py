@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 from relay.errors import PolicyRejection
@@ -161,3 +162,127 @@ def unauthenticated_eviction(
 def unauthenticated_cap(max_connections: int, share: float) -> int:
     """How many sessions may be open before AUTH: a share of max_connections, at least one."""
     return max(1, int(max_connections * share))
+
+
+def wants_verdict(listener_reply: str, user_reply: str | None) -> bool:
+    """Whether the app waits for the provider's verdict: the user's setting, else the listener's."""
+    return (user_reply or listener_reply) == "verdict"
+
+
+@dataclass(frozen=True, slots=True)
+class SizeLimit:
+    """The largest mail a user may send now, and whose limit that is (for the 552's text)."""
+
+    octets: int
+    whose: str
+
+    def describe(self) -> str:
+        """The limit in MB and octets, and whose it is."""
+        return f"{megabytes(self.octets)} ({self.octets} bytes), {self.whose}"
+
+
+def megabytes(octets: int) -> str:
+    """Octets in (decimal, truncated) MB, as providers state their limits."""
+    if octets >= 10_000_000:
+        return f"{octets // 1_000_000} MB"
+    return f"{int(octets / 100_000) / 10:g} MB"
+
+
+def message_size_limit(
+    provider: str, announced: int | None, documented: int | None, cap: int | None, memory: int
+) -> SizeLimit:
+    """The provider's limit (its EHLO's SIZE, else the documented one), capped by relay's own."""
+    if announced:
+        base, whose = announced, f"the limit provider {provider!r} announces"
+    elif documented:
+        base, whose = documented, f"the documented limit of provider {provider!r}"
+    else:
+        # Not known until relay first talks to the provider: relay takes what it can hold,
+        # and the provider judges the first attempt (relay passes SIZE= on to it).
+        base = memory
+        whose = f"relay's limits.max_data_in_memory (provider {provider!r} not asked yet)"
+    if cap is not None and cap < base:
+        return SizeLimit(cap, "relay's limits.max_message_bytes")
+    if memory < base:
+        # A mail past the in-memory budget could never be taken (452 for ever).
+        return SizeLimit(memory, "relay's limits.max_data_in_memory")
+    return SizeLimit(base, whose)
+
+
+def size_refusal(size: int, limit: SizeLimit) -> Refusal:
+    """Refuse a mail (declared with SIZE, or as read) larger than the limit."""
+    if size <= limit.octets:
+        return None
+    # RFC 1870 §6.1 and RFC 3463 X.3.4: the message is larger than the system's limit.
+    return PolicyRejection(552, "5.3.4", f"message too big: the limit is {limit.describe()}")
+
+
+def utf8_address_refusal(
+    address: str, smtputf8: bool, provider: str, provider_offers: bool | None
+) -> Refusal:
+    """Refuse a non-ASCII address without SMTPUTF8, or for a provider known not to take one."""
+    if address.isascii():
+        return None
+    if any("\udc80" <= c <= "\udcff" for c in address):
+        # Bytes that are not UTF-8 (aiosmtpd keeps them as surrogates): no provider takes them.
+        return PolicyRejection(553, "5.1.3", "the address is not valid UTF-8")
+    # RFC 6531 §3.5 (and RFC 6533's X.6.7): non-ASCII addresses are not permitted.
+    if not smtputf8:
+        return PolicyRejection(
+            553, "5.6.7", f"<{address}> is not ASCII: give SMTPUTF8 in MAIL FROM to send it"
+        )
+    if provider_offers is False:
+        return PolicyRejection(
+            553,
+            "5.6.7",
+            f"provider {provider!r} does not take internationalised addresses (its server "
+            f"offers no SMTPUTF8): <{address}> cannot be sent through it",
+        )
+    return None
+
+
+# --- Mail without AUTH: the sendmail socket's callers, sender-mapped and one-user listeners ---
+
+
+def local_caller_refusal(
+    unix_user: str, uid: int, login: str | None, user: User | None, map_key: str
+) -> Refusal:
+    """Refuse a sendmail caller whose Unix user maps to no usable relay user, saying why."""
+    who = f"Unix user {unix_user} (uid {uid})"
+    if login is None:
+        how = f"map it to a relay user in config.yaml, {map_key}: {{{unix_user}: LOGIN}}"
+        return PolicyRejection(554, "5.7.1", f"{who} may not send through relay: {how}")
+    if user is None:
+        how = f"add it with `relay user add {login} ...` or change {map_key}.{unix_user}"
+        return PolicyRejection(
+            554, "5.7.1", f"{who} maps to relay user {login!r}, who does not exist: {how}"
+        )
+    if not user.enabled:
+        return PolicyRejection(554, "5.7.1", f"{who} maps to relay user {login!r}, who is disabled")
+    return None
+
+
+def listener_user_refusal(login: str, user: User | None) -> PolicyRejection:
+    """Why a one-user listener's user cannot send: missing, or disabled."""
+    if user is None:
+        # The operator's to fix, and the app's mail is fine: it keeps it and tries again.
+        return PolicyRejection(451, "4.3.5", f"this listener's user {login!r} does not exist")
+    return PolicyRejection(550, "5.7.1", f"this listener's user {login!r} is disabled")
+
+
+def sender_owner(address: str, candidates: Sequence[tuple[User, str | None]]) -> User | None:
+    """The one user (with their provider's preset) whose own address the sender is, if one."""
+    owners = [user for user, preset in candidates if is_own_address(address, user, preset)]
+    return owners[0] if len(owners) == 1 else None
+
+
+def unknown_sender_refusal(address: str, known: Sequence[str]) -> PolicyRejection:
+    """Refuse a sender that names no user this listener serves, listing those it knows."""
+    listed = ", ".join(known) or "none (no enabled user)"
+    text = f"<{address}> is not the address of a user relay serves here; known: {listed}"
+    return PolicyRejection(553, "5.7.1", text)
+
+
+def local_sender(address: str, user: User) -> str:
+    """A bare local name (`www-data`, as sendmail gives without -f) stands for the user's own."""
+    return address if "@" in address or address in ("", "<>") else user.email

@@ -92,7 +92,53 @@ BAD_BASE64 = Reply(501, "5.5.2", "cannot decode base64")
 BAD_PLAIN = Reply(501, "5.5.2", "cannot split PLAIN credentials")
 NEED_RCPT = Reply(503, "5.5.1", "need RCPT command")
 NO_TRANSACTION = Reply(503, "5.5.1", "no mail transaction in progress")
-TOO_MUCH_DATA = Reply(552, "5.3.4", "Error: Too much mail data")
+TOO_MUCH_DATA = Reply(552, "5.3.4", "too much mail data")  # the limit's own reply is policy's
+
+# --- The replies aiosmtpd words, in relay's words (relay.listener.reworded maps them) ----------
+# RFC 2034 §3: every 2xx, 4xx and 5xx reply but the greeting and EHLO's carries an enhanced code.
+OK = Reply(250, "2.0.0", "OK")
+BYE = Reply(221, "2.0.0", "Bye")
+READY_FOR_TLS = Reply(220, "2.0.0", "ready to start TLS")
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+TLS_FIRST = Reply(530, "5.7.0", "must issue a STARTTLS command first")
+TLS_NOT_ESTABLISHED = Reply(554, "5.7.0", "command refused: the TLS handshake did not complete")
+AUTH_REQUIRED = Reply(530, "5.7.0", "authentication required")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "already authenticated")
+AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+AUTH_ABORTED = Reply(501, "5.7.0", "authentication aborted")
+BAD_AUTH_VALUE = Reply(501, "5.5.2", "cannot split the authentication value")
+COMMAND_TOO_LONG = Reply(500, "5.5.2", "command line too long")
+BAD_SYNTAX = Reply(500, "5.5.2", "syntax error: empty or unreadable command")
+NOT_ASCII = Reply(500, "5.5.2", "syntax error: a command must be ASCII")
+NEED_HELO = Reply(503, "5.5.1", "send HELO or EHLO first")
+NEED_MAIL = Reply(503, "5.5.1", "need MAIL command")
+NESTED_MAIL = Reply(503, "5.5.1", "nested MAIL command: one transaction at a time")
+MALFORMED_ADDRESS = Reply(553, "5.1.3", "malformed address")
+HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: HELO hostname")
+EHLO_SYNTAX = Reply(501, "5.5.4", "Syntax: EHLO hostname")
+MAIL_SYNTAX = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [SP <mail-parameters>]")
+RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO:<address> [SP <rcpt-parameters>]")
+QUIT_SYNTAX = Reply(501, "5.5.4", "Syntax: QUIT")
+RSET_SYNTAX = Reply(501, "5.5.4", "Syntax: RSET")
+STARTTLS_SYNTAX = Reply(501, "5.5.4", "Syntax: STARTTLS")
+VRFY_SYNTAX = Reply(501, "5.5.4", "Syntax: VRFY <address>")
+VRFY_UNSURE = Reply(252, "2.0.0", "cannot VRFY user, but will accept mail and try to deliver it")
+BODY_SYNTAX = Reply(501, "5.5.4", "BODY can only be 7BIT or 8BITMIME")
+SMTPUTF8_SYNTAX = Reply(501, "5.5.4", "SMTPUTF8 takes no value")
+MAIL_PARAMETERS = Reply(555, "5.5.4", "MAIL FROM parameters not recognized or not implemented")
+RCPT_PARAMETERS = Reply(555, "5.5.4", "RCPT TO parameters not recognized or not implemented")
+EXPN_UNSUPPORTED = Reply(502, "5.5.1", "EXPN not implemented")
+
+
+def unknown_command(verb: str) -> Reply:
+    """A command relay does not know (aiosmtpd names it; non-ASCII was replaced already)."""
+    return Reply(500, "5.5.1", f"command {verb!r} not recognized")
+
+
+def dsn_parameter_problem(verb: str, why: str) -> Reply:
+    """A DSN parameter (RFC 3461 §4) that relay cannot read."""
+    # RFC 3461 §4: a malformed parameter is a syntax error in its parameters (501 5.5.4).
+    return Reply(501, "5.5.4", f"{verb} DSN parameter {why}")
 
 
 def control_characters(verb: str) -> Reply:

@@ -24,3 +24,13 @@ class TlsContexts:
     def forget(self) -> None:
         """Drop the contexts built so far: each CA file is read again when next needed."""
         self._contexts.clear()
+
+
+def listener_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The server context for a listener with a certificate (STARTTLS), or None without."""
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context

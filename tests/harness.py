@@ -87,7 +87,9 @@ def write_config(root: Path, providers: dict[str, Any], **settings: Any) -> Rela
     setup = RelaySetup(root)
     root.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {
-        "listen": [{"address": "127.0.0.1", "port": 0}],
+        # Most tests check what the provider's verdict does to the app's reply; spool mode,
+        # the default, has tests of its own (tests/test_reply_modes.py).
+        "listen": [{"address": "127.0.0.1", "port": 0, "reply": "verdict"}],
         "state_dir": "state",
         "key_file": "relay.key",
         "hostname": "relay.test",

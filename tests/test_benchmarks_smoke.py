@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("direct", "relay")  # Postfix is optional; the full run adds it where it is installed
+# Postfix is optional, and the full run adds it and relay-verdict, and a provider 300 ms away.
+MODES = ("direct-plain", "direct", "relay")
 SMOKE_CLIENTS = {1, 10}
 RUN_FIGURES = (
     "accepted_per_s",
@@ -86,17 +87,20 @@ def test_relay_delivers_to_the_sink_exactly_what_it_accepted(smoke: SmokeRun) ->
         assert run["server_cpu_s_per_1000"] is not None
 
 
-def test_direct_mode_counts_at_the_sink_what_the_generator_sent(smoke: SmokeRun) -> None:
-    for run in _runs(smoke.report, "direct"):
-        assert run["delivered_total"] == run["accepted_total"], run
+def test_direct_modes_count_at_the_sink_what_the_generator_sent(smoke: SmokeRun) -> None:
+    for mode in ("direct", "direct-plain"):
+        for run in _runs(smoke.report, mode):
+            assert run["delivered_total"] == run["accepted_total"], run
+            assert run["errors"] == {}, run["error_examples"]
 
 
 def test_ratios_compare_relay_with_direct_per_workload(smoke: SmokeRun) -> None:
     rows = smoke.report["ratios"]
     assert {row["clients"] for row in rows} == SMOKE_CLIENTS
     for row in rows:
-        assert row["delivered_vs_direct"] > 0
-        assert isinstance(row["added_p99_ms"], float)
+        assert row["mode"] == "relay" and row["delay_ms"] == 0
+        assert row["delivered_vs_direct"] > 0 and row["delivered_vs_plain"] > 0
+        assert isinstance(row["added_p99_ms_vs_direct"], float)
 
 
 def test_memory_probes_report_idle_connections_and_one_large_mail(smoke: SmokeRun) -> None:

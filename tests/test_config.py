@@ -326,7 +326,8 @@ def test_defaults_when_file_has_only_providers(tmp_path: Path) -> None:
     assert config.state_dir == Path("/var/lib/relay")
     assert config.key_file == Path("/etc/relay/relay.key")
     assert config.database_path == Path("/var/lib/relay/relay.db")
-    assert config.limits == LimitsConfig(25 * 1024 * 1024, 100)
+    # No size limit of relay's own: the provider's applies (issue 22).
+    assert config.limits == LimitsConfig(None, 100)
     assert config.upstream == UpstreamConfig(30.0, 60.0)
     assert config.logging == LoggingConfig("info", "text")
     assert config.metrics == MetricsConfig(enabled=False, address="127.0.0.1", port=9325)
@@ -443,7 +444,7 @@ def test_render_shows_the_expanded_preset_and_defaults(tmp_path: Path) -> None:
         "port": 587,
         "tls": "starttls",
     }
-    assert document["limits"]["max_message_bytes"] == 25 * 1024 * 1024
+    assert document["limits"]["max_message_bytes"] is None
     assert document["limits"]["max_recipients"] == 100
     assert document["limits"]["messages_per_minute"] == 0
     assert document["state_dir"] == "/var/lib/relay"

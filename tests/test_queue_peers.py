@@ -178,7 +178,7 @@ def test_mail_queued_while_postfix_is_down_is_delivered_in_order_when_it_returns
             message_id, reply = send_one(
                 relay.port, secret, alice.address, bob.address, f"order {tag} {index}"
             )
-            assert reply.startswith(b"2.0.0 queued as ")
+            assert reply.startswith(b"2.0.0 ") and b"queued as " in reply  # either reply mode
             sent.append(message_id)
         assert "5 queued," in setup.cli("queue", "list").out
         peers.start_postfix()
@@ -209,3 +209,26 @@ def test_a_refusal_on_retry_bounces_to_the_senders_real_inbox(
     assert b"Final-Recipient: rfc822; nobody@example.org" in report
     assert b"550 5.1.1" in report and b"User unknown" in report
     assert f"bounce {tag}".encode() in report  # the original headers ride along
+
+
+def test_in_spool_mode_a_refusal_of_the_first_attempt_reaches_the_sender_as_a_dsn(
+    mail_peers: MailPeers, tmp_path: Path
+) -> None:
+    alice = mail_peers.accounts["alice"]
+    setup, secret = relay_for(mail_peers, tmp_path)  # the default listener: spool mode
+    tag = uuid.uuid4().hex[:12]
+    with relay_process(setup) as relay:
+        _, reply = send_one(relay.port, secret, alice.address, "nobody@example.org", f"dsn {tag}")
+        deadline = time.monotonic() + 30
+        reports: list[bytes] = []
+        while not reports and time.monotonic() < deadline:
+            reports = [
+                m
+                for m in mail_peers.mailbox_messages(alice)
+                if b"multipart/report" in m and f"dsn {tag}".encode() in m
+            ]
+            time.sleep(0.3)
+    assert reply.startswith(b"2.0.0 Ok: queued as ")  # the app did not wait for the verdict
+    [report] = reports
+    assert b"Final-Recipient: rfc822; nobody@example.org" in report
+    assert b"550 5.1.1" in report

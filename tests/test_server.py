@@ -16,6 +16,7 @@ import pytest_asyncio
 import trustme
 
 from relay.daemon import Daemon
+from relay.reply import EXPN_UNSUPPORTED, OK, VRFY_UNSURE, unknown_command
 from tests.harness import RelaySetup, running_daemon, write_config
 from tests.upstream import Upstream, recording_upstream
 
@@ -313,18 +314,19 @@ async def test_the_multiline_reply_to_ehlo_is_written_whole_in_one_write(scene: 
         # Every command relay answers is listed, those relay overrides included.
         (
             b"HELP",
-            b"250 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n",
+            b"250 2.0.0 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET "
+            b"VRFY\r\n",
         ),
-        (b"HELP NOOP", b"250 Syntax: NOOP [ignored]\r\n"),
-        (b"HELP MAIL", b"250 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"),
-        (b"NOOP", b"250 OK"),
-        (b"RSET", b"250 OK"),
-        (b"VRFY bob@example.net", b"252 Cannot VRFY user"),
-        (b"EXPN list", b"502 EXPN not implemented"),
-        (b"FROB", b'500 Error: command "FROB" not recognized'),
+        (b"HELP NOOP", b"250 2.0.0 Syntax: NOOP [ignored]\r\n"),
+        (b"HELP MAIL", b"250 2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"),
+        (b"NOOP", OK.line.encode()),
+        (b"RSET", OK.line.encode()),
+        (b"VRFY bob@example.net", VRFY_UNSURE.line.encode()),
+        (b"EXPN list", EXPN_UNSUPPORTED.line.encode()),
+        (b"FROB", unknown_command("FROB").line.encode()),
     ],
 )
-async def test_every_smtp_command_is_answered_as_aiosmtpd_answers_it(
+async def test_every_smtp_command_is_answered_in_relays_words_with_an_enhanced_code(
     scene: Scene, command: bytes, reply: bytes
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", scene.port)

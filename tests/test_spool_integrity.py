@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from relay.cli.command import main
-from relay.daemon import verify_spool
 from relay.errors import SpoolDamaged
-from relay.queue.integrity import check_spool
+from relay.queue.integrity import check_spool, verify_spool
 from relay.queue.spool import Spool
 from tests.harness import write_config
 from tests.test_spool import message

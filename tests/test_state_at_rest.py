@@ -31,7 +31,7 @@ from relay.reply import Reply
 from relay.state.grants import REFRESH_TOKEN_FIELD
 from relay.state.keys import MasterKey, load_key
 from relay.state.sealing import UPSTREAM_CREDENTIAL, legacy_context, user_context
-from relay.state.store import Store
+from relay.state.store import SCHEMA_VERSION, Store
 from relay.tls import TlsContexts
 from relay.upstream.credentials import open_credentials
 from tests.harness import RelaySetup, write_config
@@ -346,7 +346,7 @@ def test_a_schema_4_store_is_resealed_bound_to_each_account_at_open(tmp_path: Pa
     assert grant is not None and grant.sealed_refresh is not None
     assert key.open(grant.sealed_refresh, refresh_token_context(bob)).reveal() == "refresh-of-bob"
     db = sqlite3.connect(tmp_path / "relay.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
 
 

@@ -134,9 +134,10 @@ class SmtpStages:
                 "'relay user authorize'",
                 facts=facts,
             )
+        # Without an explicit limit relay follows the SIZE it sees here: nothing to warn of.
         limit = context.config.limits.max_message_bytes
         warnings: tuple[str, ...] = ()
-        if size and size < limit:
+        if size and limit is not None and size < limit:
             warnings = (
                 f"the server takes messages up to {size} bytes and relay up to {limit}: set "
                 f"limits.max_message_bytes to {size} so apps hear 552 at once",

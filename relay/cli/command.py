@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from relay import __version__
 from relay.cli.check import add_check_command
 from relay.cli.common import UsageError, cli_config
 from relay.cli.queue import add_queue_commands
+from relay.cli.sendmail import add_sendmail_command
 from relay.cli.status import add_status_command
 from relay.cli.users import add_user_commands
 from relay.config.load import render_config
@@ -23,10 +25,14 @@ from relay.state.store import Store
 __all__ = ["UsageError", "build_parser", "main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run one relay command; return its exit status."""
     os.umask(0o077)  # every file relay creates may hold or lead to secrets
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if Path(prog or sys.argv[0]).name == "sendmail":
+        # /usr/sbin/sendmail as a symlink to relay: sendmail's command line, as is.
+        arguments = ["sendmail", *arguments]
+    args = build_parser().parse_args(arguments)
     try:
         result: int = args.run(args)
         return result
@@ -67,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_command(commands)
     add_queue_commands(commands.add_parser("queue", help="inspect and steer the mail queue"))
     add_status_command(commands)
+    add_sendmail_command(commands)
     return parser
 
 

@@ -10,7 +10,7 @@ from collections import Counter
 from relay.cli.common import USER_STATES, user_state
 from relay.config.load import config_path_from, load_config
 from relay.config.model import RelayConfig
-from relay.ops.status import read_status, uptime
+from relay.ops.status import read_delivery, read_status, uptime
 from relay.queue.admin import open_queue_admin
 from relay.state.store import Store
 
@@ -75,6 +75,26 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
         lines.append(
             f"{user.login:<16} {state:<15} {queued:>6}  {sent:<16}  {checked:<27}  {error}"[:200]
         )
+    lines += _delivery_lines(config)
+    return lines
+
+
+def _delivery_lines(config: RelayConfig) -> list[str]:
+    """Per user the daemon is sending for: sessions, pace, and why mail waits."""
+    if read_status(config.state_dir) is None:
+        return []
+    users = read_delivery(config.state_dir)
+    if not users:
+        return []
+    lines = ["", f"{'DELIVERY':<16} {'SESSIONS':<12} {'PACE':<36}  WAITING"]
+    for user in users:
+        sessions = f"{user['sessions']}/{user['limit']}"
+        if user["limit"] < user["ceiling"]:
+            sessions += f" (of {user['ceiling']})"
+        waiting = user["waiting"] or "-"
+        if user["waiting_sends"]:
+            waiting += f"; {user['waiting_sends']} sends waiting for a session"
+        lines.append(f"{user['login']:<16} {sessions:<12} {user['pace']:<36}  {waiting}"[:200])
     return lines
 
 

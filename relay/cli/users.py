@@ -18,12 +18,14 @@ from relay.cli.common import (
     timestamp,
     user_state,
 )
+from relay.cli.invite import add_invite_command
 from relay.cli.move import moved_user, rebind_user
 from relay.cli.secretinput import announce_local_secret, read_local_secret, read_password
 from relay.config.model import ProviderConfig
 from relay.model import CheckRecord, OAuthGrant, UpstreamAuth, User
 from relay.providers.presets import MX_SUFFIXES, SentCopy, address_domain, email_fits, mx_mismatch
 from relay.sent.filing import plan_sent_copy
+from relay.state.invites import NO_LOCAL_SECRET
 from relay.state.localauth import is_slow_hash
 from relay.state.sealing import UPSTREAM_CREDENTIAL, user_context
 
@@ -50,6 +52,7 @@ def add_user_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     _add_sent_options(add)
     add.set_defaults(run=cmd_user_add)
     add_authorize_command(users)
+    add_invite_command(users)
 
     users.add_parser("list", help="list users").set_defaults(run=cmd_user_list)
     for name, run, text in (
@@ -172,9 +175,12 @@ def cmd_user_list(args: argparse.Namespace) -> int:
         users = store.list_users()
         checks = store.last_checks()
         grants = {user.login: store.grants.get(user.login) for user in users}
+        invited = store.invitations.pending()
     print(f"{'LOGIN':<20} {'PROVIDER':<16} {'EMAIL':<32} {'STATE':<14} LAST CHECK")
     for user in users:
         state = user_state(user, grants[user.login])
+        if user.login in invited and user.local_hash == NO_LOCAL_SECRET:
+            state = "awaiting-enrollment"  # `relay user invite` made them; the page waits
         check = _last_check(checks.get(user.login))
         print(f"{user.login:<20} {user.provider:<16} {user.email:<32} {state:<14} {check}")
     return 0
@@ -209,6 +215,7 @@ def describe_user(
 ) -> list[tuple[str, str]]:
     """Label/value pairs that describe a user without revealing any secret."""
     local = "chosen (scrypt hash)" if is_slow_hash(user.local_hash) else "generated (sha256 hash)"
+    local = "none yet (awaiting enrollment)" if user.local_hash == NO_LOCAL_SECRET else local
     return [
         ("login", user.login),
         ("provider", user.provider),

@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 
 from relay.config.addresses import is_ip
+from relay.config.delivery import reply_mode, user_settings
+from relay.config.listeners import one_socket, rendered_listener, with_entry
 from relay.config.model import (
     DEFAULT_KEY_FILE,
     DEFAULT_STATE_DIR,
@@ -37,6 +39,7 @@ from relay.config.reader import (
     shown,
     syntax_problem,
 )
+from relay.config.web import web_config
 from relay.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
@@ -103,8 +106,10 @@ def parse_config(data: object, source: str, base_dir: Path) -> RelayConfig:
         queue=_queue(reader, reader.child(top, "queue", field_keys(QueueConfig))),
         logging=_logging(reader, reader.child(top, "logging", field_keys(LoggingConfig))),
         metrics=_metrics(reader, reader.child(top, "metrics", field_keys(MetricsConfig))),
+        web=web_config(reader, top),
         enable_after_check=or_default(reader.boolean(top, "enable_after_check"), False),
         providers=provider_configs(reader, top),
+        users=user_settings(reader, top),
     )
     if reader.problems:
         raise ConfigError(source, reader.problems)
@@ -114,6 +119,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> RelayConfig:
 def render_config(config: RelayConfig) -> str:
     """The fully resolved config as YAML that parse_config reads back to an equal config."""
     document = {key: plain(getattr(config, key)) for key in _TOP_KEYS if key != "providers"}
+    document["listen"] = [rendered_listener(listener) for listener in config.listen]
     document["providers"] = {
         name: {
             key: render_oauth(provider.oauth2) if key == "oauth2" else plain(getattr(provider, key))
@@ -132,7 +138,9 @@ def _listeners(reader: Reader, top: Section) -> tuple[ListenerConfig, ...]:
         example = "[{address: 127.0.0.1, port: 2525}]"
         reader.fail("listen", f"expected a list of listeners like {example}, got {shown(value)}")
         return (ListenerConfig(),)
-    return tuple(_listener(reader, item, f"listen[{index}]") for index, item in enumerate(value))
+    listeners = tuple(_listener(reader, item, f"listen[{i}]") for i, item in enumerate(value))
+    one_socket(reader, listeners)
+    return listeners
 
 
 def _listener(reader: Reader, value: object, path: str) -> ListenerConfig:
@@ -144,7 +152,9 @@ def _listener(reader: Reader, value: object, path: str) -> ListenerConfig:
         port=or_default(reader.integer(s, "port", 0, 65535), default.port),
         tls_cert=reader.readable_file(s, "tls_cert"),
         tls_key=reader.readable_file(s, "tls_key"),
+        reply=reply_mode(reader, s) or default.reply,
     )
+    listener = with_entry(reader, s, listener)
     has_cert, has_key = s.get("tls_cert") is not None, s.get("tls_key") is not None
     if has_cert and not has_key:
         reader.fail(s.key("tls_key"), "required when tls_cert is set")
@@ -184,7 +194,7 @@ def _seconds(
 
 def _limits(reader: Reader, s: Section) -> LimitsConfig:
     default = LimitsConfig()
-    largest = _count(reader, s, default, "max_message_bytes")
+    largest = reader.integer(s, "max_message_bytes", low=1)
     return LimitsConfig(
         max_message_bytes=largest,
         max_recipients=_count(reader, s, default, "max_recipients"),
@@ -217,9 +227,9 @@ def _share(reader: Reader, s: Section, default: object, name: str) -> float:
     return fallback
 
 
-def _data_in_memory(reader: Reader, s: Section, default: LimitsConfig, largest: int) -> int:
+def _data_in_memory(reader: Reader, s: Section, default: LimitsConfig, largest: int | None) -> int:
     budget = _count(reader, s, default, "max_data_in_memory")
-    if budget < largest:
+    if largest is not None and budget < largest:
         # A mail of the largest size allowed would then get 452 forever, however long it waits.
         reader.fail(
             s.key("max_data_in_memory"),

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from relay.config.addresses import is_loopback_address
 from relay.errors import OAuthError
 from relay.model import OAuthClient, Secret
-from relay.providers.presets import Endpoint, SentCopy
+from relay.providers.presets import NO_PACE, Endpoint, Pace, SentCopy
 
 DEFAULT_STATE_DIR = Path("/var/lib/relay")
 DEFAULT_KEY_FILE = Path("/etc/relay/relay.key")
@@ -22,6 +22,10 @@ USER_LABELS = ("login", "hash", "drop")
 # RFC 6750 §2.1 b64token, at least 16 characters so that a guessable word is refused.
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
 DEFAULT_METRICS_PORT = 9325
+DEFAULT_WEB_PORT = 8025
+# How relay answers the end of DATA: at once once the mail is spooled (the first attempt then
+# runs in the background, a refusal comes back as a DSN), or with the provider's verdict.
+REPLY_MODES = ("spool", "verdict")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +36,27 @@ class ListenerConfig:
     port: int = 2525
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    reply: str = "spool"  # one of REPLY_MODES; a user's own setting overrides it
+    # A Unix socket instead of address and port, for `relay sendmail`: the caller's Unix user,
+    # as the kernel tells it (SO_PEERCRED), picks the relay user in unix_users; no password.
+    socket: Path | None = None
+    unix_users: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Mail without AUTH from trusted_peers (off by default): the envelope sender picks the user
+    # (sender_mapped, among `users` when given), or every such mail is one user's (`user`).
+    sender_mapped: bool = False
+    users: tuple[str, ...] = ()
+    user: str | None = None
+    trusted_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     @property
     def is_loopback(self) -> bool:
         """True when connections to this address never leave the machine."""
-        return is_loopback_address(self.address)
+        return self.socket is not None or is_loopback_address(self.address)
+
+    @property
+    def without_auth(self) -> bool:
+        """Whether trusted peers may send here without AUTH (sender-mapped or one-user)."""
+        return self.sender_mapped or self.user is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +77,21 @@ class ProviderConfig:
     # Let users put any address in From: for a provider that enforces From itself (Gmail's
     # "send mail as" addresses); Sender and the envelope sender stay the user's own.
     allow_foreign_from: bool = False
+    # Sessions one user may hold at this provider at once (None: queue.max_connections_per_user),
+    # and how fast relay sends as one user there (the preset's documented rates by default).
+    max_connections: int | None = None
+    pace: Pace = NO_PACE
+    # The largest mail this provider takes (the preset's documented figure, or set here), used
+    # until relay has seen its EHLO's SIZE; None: not known.
+    max_message_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """relay's own per-message limits."""
 
-    max_message_bytes: int = 25 * 1024 * 1024
+    # None: follow the user's provider (its EHLO's SIZE, else its documented limit); set, a cap.
+    max_message_bytes: int | None = None
     max_recipients: int = 100
     max_connections: int = 500
     max_connections_per_ip: int = 100
@@ -104,7 +132,10 @@ class QueueConfig:
     lifetime: float = 5 * 24 * 3600.0
     delay_warning: float = 0.0
     per_user_concurrency: int = 1
-    max_connections_per_user: int = 4
+    # The default ceiling of a user's upstream sessions: relay opens them as mail waits, up to
+    # this (or the provider's or user's own), and fewer when the provider pushes back. 20 is
+    # Postfix's default_destination_concurrency_limit.
+    max_connections_per_user: int = 20
     connection_idle_timeout: float = 60.0
     duplicate_window: float = 300.0
     min_free_bytes: int = 100 * 1024 * 1024
@@ -152,6 +183,35 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UserDelivery:
+    """One user's own delivery settings (the config's `users` section); None: as for others."""
+
+    reply: str | None = None
+    max_connections: int | None = None
+    pace: Pace | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The self-service enrollment pages (relay.web); off unless enabled."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = DEFAULT_WEB_PORT
+    # The address people open, as their browser sees it (https://relay.example.org/ behind a
+    # proxy); None: http://address:port/ of the bound socket. Host and Origin must match it.
+    public_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    invite_lifetime: float = 72 * 3600.0  # seconds an enrollment link stays usable
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this machine can reach the pages."""
+        return is_loopback_address(self.address)
+
+
+@dataclass(frozen=True, slots=True)
 class RelayConfig:
     """The whole validated configuration."""
 
@@ -166,10 +226,12 @@ class RelayConfig:
     queue: QueueConfig = QueueConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     # New users, and users whose upstream password changes, stay disabled until `relay check`
     # passes for them.
     enable_after_check: bool = False
     providers: Mapping[str, ProviderConfig] = field(default_factory=lambda: MappingProxyType({}))
+    users: Mapping[str, UserDelivery] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def database_path(self) -> Path:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from relay.config.delivery import max_connections, pace_setting
 from relay.config.model import ProviderConfig
 from relay.config.oauth import oauth_settings
 from relay.config.reader import (
@@ -17,7 +18,15 @@ from relay.config.reader import (
     or_default,
     shown,
 )
-from relay.providers.presets import PRESETS, STANDARD_PORTS, Endpoint, Preset, SentCopy, TlsMode
+from relay.providers.presets import (
+    NO_PACE,
+    PRESETS,
+    STANDARD_PORTS,
+    Endpoint,
+    Preset,
+    SentCopy,
+    TlsMode,
+)
 
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -59,6 +68,7 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         reader.fail(s.key("sent_copy"), "'always' needs an imap endpoint to append to")
     domains = _domains(reader, s)
     max_recipients = reader.integer(s, "max_recipients")
+    max_message_bytes = reader.integer(s, "max_message_bytes")
     ca_file = reader.readable_file(s, "ca_file")
     sent_folder = reader.text(s, "sent_folder")
     # A host that files each submitted mail in Sent by itself (as Gmail does) says so here.
@@ -66,6 +76,8 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
     oauth2 = oauth_settings(
         reader, s, preset.name if preset else None, preset.oauth2 if preset else None
     )
+    ceiling = max_connections(reader, s)
+    pace = pace_setting(reader, s, preset.pace if preset else NO_PACE)
     if smtp is None:
         return None
     return ProviderConfig(
@@ -83,6 +95,11 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         sent_folder=sent_folder,
         oauth2=oauth2,
         allow_foreign_from=or_default(reader.boolean(s, "allow_foreign_from"), False),
+        max_connections=ceiling,
+        pace=pace,
+        max_message_bytes=or_default(
+            max_message_bytes, preset.max_message_bytes if preset else None
+        ),
     )
 
 

@@ -177,9 +177,10 @@ def syntax_problem(error: yaml.YAMLError) -> tuple[str, str]:
 def duplicate_keys(root: yaml.Node | None) -> list[tuple[str, str]]:
     """Keys given twice in one mapping: YAML silently keeps the last one, relay refuses."""
     found: list[tuple[int, str]] = []
-    pending, seen = [root], set()
+    pending: list[tuple[yaml.Node | None, str]] = [(root, "")]
+    seen = set()
     while pending:
-        node = pending.pop()
+        node, path = pending.pop()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
@@ -187,15 +188,15 @@ def duplicate_keys(root: yaml.Node | None) -> list[tuple[str, str]]:
             first: dict[str, int] = {}
             for key, value in node.value:
                 line = key.start_mark.line + 1
+                where = join_path(path, str(key.value))
                 if isinstance(key, yaml.ScalarNode) and key.value in first:
-                    found.append(
-                        (line, f"duplicate key {key.value!r} (first on line {first[key.value]})")
-                    )
+                    why = f"duplicate key {key.value!r} (first on line {first[key.value]})"
+                    found.append((line, f"{why} at {where}"))
                 elif isinstance(key, yaml.ScalarNode):
                     first[key.value] = line
-                pending.append(value)
+                pending.append((value, where))
         elif isinstance(node, yaml.SequenceNode):
-            pending.extend(node.value)
+            pending.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
     return [(f"line {line}", why) for line, why in sorted(found)]
 
 
@@ -209,6 +210,8 @@ def plain(value: object) -> object:
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
         return [plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
     return value
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused
+from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused, Spooled
 from relay.reply import Reply
 
 
@@ -12,6 +12,8 @@ def answer(result: Handed) -> Reply:
         return result.reply
     if isinstance(result, AlreadyAccepted):
         return Reply(250, "2.0.0", f"{result.message_id} already accepted; not sent twice")
+    if isinstance(result, Spooled):
+        return Reply(250, "2.0.0", f"Ok: queued as {result.queue_id}")
     if isinstance(result, Queued):
         reason = f"; {result.reason}" if result.reason else ""
         return Reply(250, "2.0.0", f"queued as {result.queue_id}{reason}; relay keeps trying")

@@ -10,7 +10,8 @@ import asyncio
 import re
 from enum import Enum
 
-from relay.reply import LINE_TOO_LONG, NO_DATA_MEMORY, TOO_MUCH_DATA
+from relay.policy import SizeLimit, size_refusal
+from relay.reply import LINE_TOO_LONG, LOCAL_ERROR, NO_DATA_MEMORY, TOO_MUCH_DATA, Reply
 
 CRLF = b"\r\n"
 END_LINE = b".\r\n"
@@ -89,6 +90,14 @@ class DataReader:
             self.problem = problem
         self._pieces = []
         self.release()
+
+    def refusal(self, limit: SizeLimit | None) -> Reply:
+        """The reply to a DATA that ended with a problem: a mail too big names the limit."""
+        if self.problem is DataProblem.TOO_MUCH and limit is not None:
+            refused = size_refusal(self.size, limit)
+            if refused is not None:
+                return refused.reply
+        return LOCAL_ERROR if self.problem is None else self.problem.value
 
     def content(self) -> bytes:
         """The content collected, handed over once (the reader keeps no reference)."""

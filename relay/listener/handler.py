@@ -6,19 +6,23 @@ import binascii
 import logging
 import time
 from base64 import b64decode
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
-from relay.errors import RelayError, smtp_reply
+from relay.errors import PolicyRejection, RelayError, smtp_reply
 from relay.listener.answers import answer
 from relay.listener.authgate import Attempt, AuthBusy, AuthGate, Penalty
+from relay.listener.entry import local_names, pick_user
+from relay.listener.logins import name_user
+from relay.listener.offers import ehlo_lines, offers_smtputf8, size_limit
+from relay.listener.params import RelayEnvelope
 from relay.listener.protocol import HookTable, RelaySMTP
 from relay.listener.throttle import SendCounter
 from relay.message import prepare, sender_fields
-from relay.model import User
+from relay.model import NO_PARAMS, User
 from relay.ops.channels import Ops
 from relay.policy import (
     effective_recipient_limit,
@@ -27,7 +31,11 @@ from relay.policy import (
     rate_refusal,
     recipient_count_refusal,
     sender_refusal,
+    size_refusal,
+    utf8_address_refusal,
+    wants_verdict,
 )
+from relay.providers.facts import ProviderFacts
 from relay.queue.runner import QueueRunner
 from relay.reply import (
     AUTH_BUSY,
@@ -56,6 +64,8 @@ class Services:
     verifier: LocalVerifier
     runner: QueueRunner
     ops: Ops
+    # What the providers' servers announced (SMTPUTF8, SIZE), as the upstream pool learns it.
+    facts: ProviderFacts = field(default_factory=ProviderFacts)
 
     @property
     def config(self) -> RelayConfig:
@@ -94,8 +104,12 @@ class RelayHandler(HookTable):
         return await self._authenticate(server, login, password)
 
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
-        name = login.decode("utf-8", "replace")
-        user = server.services.store.find_user(name)
+        typed = login.decode("utf-8", "replace")
+        # An address names its user before the gate: the gate, the cache and the log then see
+        # one login however the user typed it.
+        named = name_user(server.services.store, typed)
+        user = named.user
+        name = user.login if user is not None else typed
         verifier = server.services.verifier
         enabled = user if user is not None and user.enabled else None
         if enabled is not None and verifier.proven(name, enabled.local_hash, password):
@@ -106,7 +120,7 @@ class RelayHandler(HookTable):
         exempt = server.tracker.is_exempt(address)
         attempt = Attempt(name, user is not None, None if exempt else address)
         # An unknown login may be a password typed into the wrong field: never log it.
-        shown = repr(name) if user is not None else f"<unknown, {len(name)} chars>"
+        shown = named.shown(typed)
 
         def proven() -> bool:
             return enabled is not None and verifier.proven(name, enabled.local_hash, password)
@@ -124,7 +138,7 @@ class RelayHandler(HookTable):
         if refusal is None and user is not None:
             self.gate.succeeded(attempt)
             return _logged_in(server, user)
-        why = "unknown" if user is None else "disabled" if secret_ok else "bad secret"
+        why = named.reason() if user is None else "disabled" if secret_ok else "bad secret"
         logger.warning("auth.failed session=%s login=%s reason=%s", server.session_id, shown, why)
         server.services.ops.metrics.auth_failed()
         penalty = self.gate.failed(attempt, limits)
@@ -135,6 +149,25 @@ class RelayHandler(HookTable):
         reply = refusal.reply if refusal is not None else LOCAL_ERROR  # None: only with a user
         return AuthResult(success=False, handled=False, message=reply.line)
 
+    async def handle_EHLO(  # noqa: N802
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """EHLO's lines with relay's SIZE, SMTPUTF8 and extensions, for the provider(s) in play."""
+        session.host_name = hostname  # aiosmtpd leaves this to a five-argument EHLO hook
+        config = server.config
+        user = session.auth_data
+        # Before AUTH the user is not known: offer what any of the providers takes.
+        if isinstance(user, User) and user.provider in config.providers:
+            providers = [config.providers[user.provider]]
+        else:
+            providers = list(config.providers.values())
+        return ehlo_lines(responses, config, server.services.facts, providers)
+
     async def handle_MAIL(  # noqa: N802
         self,
         server: RelaySMTP,
@@ -144,16 +177,27 @@ class RelayHandler(HookTable):
         options: list[str],
     ) -> str:
         """Accept only the user's own addresses as envelope sender."""
-        user = _user_of(session)
+        picked = pick_user(server, session, address)
+        if isinstance(picked, PolicyRejection):
+            logger.warning(
+                "mail.refused session=%s sender=%r reply=%r",
+                server.session_id,
+                address,
+                picked.reply.line,
+            )
+            return picked.reply.line
+        user, address = picked
         if user.provider not in server.config.providers:
             logger.error("config.missing_provider user=%s provider=%s", user.login, user.provider)
             return provider_not_configured(user.provider, user.login).line
         limits = server.config.limits
         last_minute, last_day = self.sends.counts(user.login, time.time())
-        refusal = sender_refusal(
-            address, user, server.config.providers[user.provider].preset
-        ) or rate_refusal(
-            last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
+        refusal = (
+            sender_refusal(address, user, server.config.providers[user.provider].preset)
+            or rate_refusal(
+                last_minute, last_day, limits.messages_per_minute, limits.messages_per_day
+            )
+            or _size_or_utf8_refusal(server, user, envelope, address, options)
         )
         if refusal is not None:
             logger.warning(
@@ -181,7 +225,12 @@ class RelayHandler(HookTable):
         limit = effective_recipient_limit(
             server.config.limits.max_recipients, provider.max_recipients
         )
-        refusal = recipient_count_refusal(len(envelope.rcpt_tos), limit)
+        refusal = recipient_count_refusal(len(envelope.rcpt_tos), limit) or utf8_address_refusal(
+            address,
+            envelope.smtp_utf8,
+            provider.name,
+            offers_smtputf8(server.services.facts, provider),
+        )
         if refusal is not None:
             return refusal.reply.line
         envelope.rcpt_tos.append(address)
@@ -193,7 +242,13 @@ class RelayHandler(HookTable):
         user = _user_of(session)
         if envelope.original_content is None or envelope.mail_from is None:
             return NO_TRANSACTION.line
-        prepared = prepare(envelope.original_content, user, envelope.mail_from, time.time())
+        prepared = prepare(
+            envelope.original_content,
+            user,
+            envelope.mail_from,
+            time.time(),
+            local_names=local_names(server, session),
+        )
         # The prepared copy is all that is needed from here: free the DATA buffer now.
         envelope.content = envelope.original_content = None
         provider = server.config.providers[user.provider]
@@ -214,7 +269,12 @@ class RelayHandler(HookTable):
             )
             return refusal.reply.line
         try:
-            result = await server.services.runner.accept(user, prepared, list(envelope.rcpt_tos))
+            own = server.config.users.get(user.login)
+            verdict = wants_verdict(server.listener.reply, own.reply if own else None)
+            params = envelope.params() if isinstance(envelope, RelayEnvelope) else NO_PARAMS
+            result = await server.services.runner.accept(
+                user, prepared, list(envelope.rcpt_tos), verdict=verdict, params=params
+            )
             reply = answer(result)
         except RelayError as error:
             logger.error("message.local_error session=%s error=%s", server.session_id, error)
@@ -246,6 +306,20 @@ async def _initial_or_challenge(server: RelaySMTP, args: list[str], prompt: str)
     except (binascii.Error, ValueError):
         await server.push(BAD_BASE64.line)
         return None
+
+
+def _size_or_utf8_refusal(
+    server: RelaySMTP, user: User, envelope: Envelope, address: str, options: list[str]
+) -> PolicyRejection | None:
+    """MAIL's SIZE against the user's provider's limit, and a UTF-8 sender against SMTPUTF8."""
+    provider = server.config.providers[user.provider]
+    facts = server.services.facts
+    # The DATA that follows is read up to this limit (RelaySMTP.size_limit).
+    server.size_limit = limit = size_limit(server.config, facts, provider)
+    declared = next((o[5:] for o in options if o.startswith("SIZE=")), "")
+    too_big = size_refusal(int(declared), limit) if declared.isdigit() else None
+    offered = offers_smtputf8(facts, provider)
+    return too_big or utf8_address_refusal(address, envelope.smtp_utf8, provider.name, offered)
 
 
 def _logged_in(server: RelaySMTP, user: User) -> AuthResult:

@@ -12,9 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
+from relay.config.model import ListenerConfig
 from relay.listener.dataread import DataReader, read_data
+from relay.listener.params import RelayEnvelope, mail_dsn, rcpt_dsn
+from relay.listener.reworded import reworded
 from relay.listener.tracker import peer_address
 from relay.listener.wire import has_control, plain_address, reply_text
+from relay.model import NO_NOTICE
 from relay.reply import (
     AUTH_LINE_TOO_LONG,
     AUTH_TIMEOUT,
@@ -24,16 +28,22 @@ from relay.reply import (
     SHUTTING_DOWN,
     START_DATA,
     UNAUTHENTICATED_EVICTED,
+    Reply,
     control_characters,
 )
 
 if TYPE_CHECKING:
     from relay.listener.handler import RelayHandler, Services
     from relay.listener.tracker import SessionTracker
+    from relay.policy import SizeLimit
 
 logger = logging.getLogger("relay.server")  # the name shows in log lines: kept from 0.1
 
 COMMAND_SIZE_LIMIT = 512  # RFC 5321 §4.5.3.1.4: a command line, CRLF included
+# What each offered extension may add to a command line: RFC 1870 §3 (SIZE, 26), RFC 3461 §4
+# (ENVID's 100 and RET=HDRS on MAIL; ORCPT's 500 and NOTIFY on RCPT).
+MAIL_EXTENSION_OCTETS = 26 + 100
+RCPT_EXTENSION_OCTETS = 500
 
 # aiosmtpd's undocumented names relay relies on, each with the use it makes of them; the
 # contract tests (tests/test_library_contracts.py) pin their shape, and `relay serve` refuses to
@@ -45,6 +55,7 @@ AIOSMTPD_INTERNALS = {
     "command_size_limits": "per-session command size limits",
     "local_part_limit": "whether the plain address fast path applies",
     "_syntax_available": "HELP's list of commands",
+    "_strip_command_keyword": "MAIL FROM:/RCPT TO: read before relay takes out DSN parameters",
 }
 # Set per session by aiosmtpd: the command table and hook table relay replaces with shared
 # ones, and the stream relay's DATA reader reads from.
@@ -59,7 +70,13 @@ def aiosmtpd_gaps() -> list[str]:
 class RelaySMTP(SMTP):
     """aiosmtpd's protocol with a session id, session logging and drain awareness."""
 
-    def __init__(self, handler: RelayHandler, tracker: SessionTracker, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: RelayHandler,
+        tracker: SessionTracker,
+        listener: ListenerConfig | None = None,
+        **kwargs: Any,
+    ) -> None:
         # aiosmtpd keeps command_size_limits on the class: one dict shared by every session,
         # which each EHLO grows by SIZE's and BODY's allowance. Each session gets its own.
         self.command_size_limits: defaultdict[str, int] = defaultdict(lambda: COMMAND_SIZE_LIMIT)
@@ -74,9 +91,13 @@ class RelaySMTP(SMTP):
         self.refused = False
         self.auth_deadline: asyncio.TimerHandle | None = None
         self.held_lines = ""  # the lines of a multiline reply so far
+        # The largest mail this transaction may carry: set at MAIL, once the user is known.
+        self.size_limit: SizeLimit | None = None
         self.services: Services = handler.services
         # The config a session started with stays its config, even across a reload (SIGHUP).
         self.config = handler.services.config
+        # The listener it came in on, as configured when the session started (reply mode).
+        self.listener = listener or ListenerConfig()
 
     def __dir__(self) -> list[str]:
         """Only the names aiosmtpd dispatches on (smtp_*, auth_*)."""
@@ -133,7 +154,8 @@ class RelaySMTP(SMTP):
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         # aiosmtpd echoes client bytes (an unknown verb) into replies: a CR, LF or NUL there
         # would forge or split reply lines in the client, and non-ASCII makes push() raise.
-        line = reply_text(text)
+        # aiosmtpd's own fixed replies come out in relay's words, with an enhanced code.
+        line = reworded(reply_text(text))
         if line[3:4] == "-":
             # RFC 5321 §4.2.1: "250-" lines continue a reply that its last line ends. Held
             # back until then, the reply to EHLO takes one write (one send) instead of seven.
@@ -156,7 +178,16 @@ class RelaySMTP(SMTP):
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802  (aiosmtpd dispatch name)
-        await super().smtp_AUTH(arg)
+        # Old scripts greet with HELO and then AUTH; Postfix takes that, aiosmtpd says 500.
+        helo_only = self.session is not None and bool(self.session.host_name)
+        helo_only = helo_only and self.session is not None and not self.session.extended_smtp
+        if helo_only and self.session is not None:
+            self.session.extended_smtp = True
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            if helo_only and self.session is not None:
+                self.session.extended_smtp = False
         if self.session is not None and self.session.authenticated and self.auth_deadline:
             self.auth_deadline.cancel()
             self.auth_deadline = None
@@ -183,6 +214,10 @@ class RelaySMTP(SMTP):
             # A repeated EHLO adds SIZE's and BODY's allowance again: start from the base.
             self.command_size_limits.clear()
         await super().smtp_EHLO(hostname)
+        if hostname:
+            # SIZE and DSN are offered by relay's EHLO hook, not by aiosmtpd's own lines.
+            self.command_size_limits["MAIL"] += MAIL_EXTENSION_OCTETS
+            self.command_size_limits["RCPT"] += RCPT_EXTENSION_OCTETS
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
@@ -192,13 +227,54 @@ class RelaySMTP(SMTP):
             return
         if await self._refused_control(arg, "MAIL"):
             return
-        await super().smtp_MAIL(arg)
+        taken = mail_dsn(arg) if arg is not None and self._extended else (arg, None, None)
+        if isinstance(taken, Reply):
+            await self._refuse_parameter(taken, "MAIL")
+            return
+        rest, ret, envid = taken
+        envelope = self.relay_envelope
+        fresh = envelope.mail_from is None
+        await super().smtp_MAIL(rest)
+        if fresh and envelope.mail_from is not None:
+            envelope.ret, envelope.envid = ret, envid
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802  (aiosmtpd dispatch name)
         if await self._refused_control(arg, "RCPT"):
             return
-        await super().smtp_RCPT(arg)
+        taken = rcpt_dsn(arg) if arg is not None and self._extended else (arg, NO_NOTICE)
+        if isinstance(taken, Reply):
+            await self._refuse_parameter(taken, "RCPT")
+            return
+        rest, notice = taken
+        envelope = self.relay_envelope
+        before = len(envelope.rcpt_tos)
+        await super().smtp_RCPT(rest)
+        if len(envelope.rcpt_tos) > before:
+            envelope.notices.append((envelope.rcpt_tos[-1], notice))
+
+    @property
+    def _extended(self) -> bool:
+        """Whether the client greeted with EHLO (only then may MAIL and RCPT have parameters)."""
+        return self.session is not None and bool(self.session.extended_smtp)
+
+    @property
+    def relay_envelope(self) -> RelayEnvelope:
+        """The envelope of the transaction, with what relay keeps on it."""
+        envelope = self.envelope
+        if not isinstance(envelope, RelayEnvelope):
+            envelope = self.envelope = RelayEnvelope()
+        return envelope
+
+    def _create_envelope(self) -> RelayEnvelope:
+        """A fresh envelope (aiosmtpd calls this at RSET, HELO/EHLO and after DATA)."""
+        self.size_limit = None
+        return RelayEnvelope()
+
+    async def _refuse_parameter(self, reply: Reply, verb: str) -> None:
+        """Answer a bad MAIL/RCPT argument, unless HELO or AUTH is missing (that comes first)."""
+        if not (await self.check_helo_needed() or await self.check_auth_needed(verb)):
+            await self.push(reply.line)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT address parser, with the plain <local@domain> form read directly."""
@@ -212,8 +288,7 @@ class RelaySMTP(SMTP):
             return False
         # aiosmtpd's parser would drop a CR from a domain, or keep a NUL in a quoted local
         # part that the provider connection then refuses: neither may get as far as a queue.
-        if not (await self.check_helo_needed() or await self.check_auth_needed(verb)):
-            await self.push(control_characters(verb).line)
+        await self._refuse_parameter(control_characters(verb), verb)
         return True
 
     @syntax("DATA")
@@ -233,7 +308,8 @@ class RelaySMTP(SMTP):
             await self.push(DATA_SYNTAX.line)
             return
         await self.push(START_DATA.line)
-        reader = DataReader(self.data_size_limit, self.tracker.data_budget)
+        limit = self.size_limit
+        reader = DataReader(limit.octets if limit else None, self.tracker.data_budget)
         try:
             try:
                 await read_data(self._reader, reader)
@@ -242,7 +318,7 @@ class RelaySMTP(SMTP):
                 raise
             if reader.problem is not None:
                 self.envelope = self._create_envelope()
-                await self.push(reader.problem.value.line)
+                await self.push(reader.refusal(limit).line)
                 return
             self.envelope.content = self.envelope.original_content = reader.content()
             status = await self._call_handler_hook("DATA")

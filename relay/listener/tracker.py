@@ -98,7 +98,9 @@ class SessionTracker:
         oldest.evict()
 
     def is_exempt(self, address: str) -> bool:
-        """Whether an address is in per_ip_exempt (by default, loopback)."""
+        """Whether an address is in per_ip_exempt (by default, loopback), or the Unix socket's."""
+        if address == UNIX_PEER:
+            return True
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -142,6 +144,13 @@ def exempt_networks(limits: LimitsConfig) -> tuple[IPNetwork, ...]:
 
 
 def peer_address(transport: Any) -> str:
-    """The IP address of a transport's peer."""
+    """The IP address of a transport's peer; UNIX_PEER for a Unix socket's."""
     peer = transport.get_extra_info("peername")
+    if isinstance(peer, str | bytes):
+        return UNIX_PEER
     return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+
+# The address every caller of the Unix socket shares: each is one local user's program, which
+# the per-address limit does not count (as loopback apps under per_ip_exempt).
+UNIX_PEER = "local"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("relay.oauth")  # the name shows in log lines: kept from 0.1
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
 # RFC 8628 §3.5: on slow_down the interval grows by 5 s for this and every later poll.
 SLOW_DOWN_STEP = 5.0
 DEFAULT_DEVICE_INTERVAL = 5.0
@@ -39,6 +40,8 @@ class TokenGrant:
     lifetime: float  # seconds the server said the access token lives
     refresh_token: Secret | None = field(repr=False)  # None: keep the one we have
     scopes: tuple[str, ...]
+    # OpenID Connect: who signed in, when openid was asked for (relay.web compares it).
+    id_token: Secret | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,16 @@ class TokenEndpoint:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal()}
         return await self._grant(client, form)
 
+    async def client_credentials(self, client: OAuthClient) -> TokenGrant:
+        """An access token for the app itself (RFC 6749 §4.4), for client.scopes."""
+        form = {"grant_type": "client_credentials", "scope": " ".join(client.scopes)}
+        return await self._grant(client, form)
+
+    async def jwt_bearer(self, client: OAuthClient, assertion: Secret) -> TokenGrant:
+        """An access token for a signed assertion (RFC 7523 §2.1): it authenticates itself."""
+        form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion.reveal()}
+        return await self._grant(client, form, authenticate=False)
+
     async def start_device(self, client: OAuthClient) -> DeviceAuthorization:
         """Ask for a user code to type in on another device (RFC 8628 §3.1)."""
         if client.device_url is None:
@@ -174,14 +187,17 @@ class TokenEndpoint:
                 elif error.error != "authorization_pending":
                     raise
 
-    async def _grant(self, client: OAuthClient, form: dict[str, str]) -> TokenGrant:
-        body = await self._post(client, client.token_url, form)
+    async def _grant(
+        self, client: OAuthClient, form: dict[str, str], authenticate: bool = True
+    ) -> TokenGrant:
+        body = await self._post(client, client.token_url, form, authenticate)
         try:
             if str(body.get("token_type", "")).lower() != "bearer":
                 raise ValueError(f"token_type {body.get('token_type')!r}, expected Bearer")
             lifetime = float(str(body.get("expires_in", 3600)))
             refresh = _optional_text(body, "refresh_token")
             scope = _optional_text(body, "scope")
+            id_token = _optional_text(body, "id_token")
             return TokenGrant(
                 access_token=Secret(_text(body, "access_token")),
                 expires_at=time.time() + lifetime,
@@ -189,19 +205,21 @@ class TokenEndpoint:
                 refresh_token=None if refresh is None else Secret(refresh),
                 # RFC 6749 §5.1: scope may be left out when it is what was asked for.
                 scopes=tuple(scope.split()) if scope is not None else client.scopes,
+                id_token=None if id_token is None else Secret(id_token),
             )
         except (KeyError, ValueError) as error:
             raise _malformed(client.token_url, error) from None
 
     async def _post(
-        self, client: OAuthClient, url: str, form: dict[str, str]
+        self, client: OAuthClient, url: str, form: dict[str, str], authenticate: bool = True
     ) -> Mapping[str, object]:
         """POST a form with the client's credentials; the JSON answer, or an OAuthError."""
         import httpx
 
-        form = {**form, "client_id": client.client_id}
-        if client.client_secret is not None:
-            form["client_secret"] = client.client_secret.reveal()
+        if authenticate:
+            form = {**form, "client_id": client.client_id}
+            if client.client_secret is not None:
+                form["client_secret"] = client.client_secret.reveal()
         pause = self._retry_pause
         for attempt in range(1, self._attempts + 1):
             try:

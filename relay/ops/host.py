@@ -35,6 +35,8 @@ def inherited_sockets(environ: Mapping[str, str]) -> list[socket.socket]:
 
 def listener_for(sock: socket.socket, listeners: tuple[ListenerConfig, ...]) -> ListenerConfig:
     """The configured listener an inherited socket stands for (its TLS and loopback rules)."""
+    if sock.family == socket.AF_UNIX:
+        return _socket_listener_for(str(sock.getsockname()), listeners)
     address, port = sock.getsockname()[:2]
     for listener in listeners:
         if listener.port in (port, 0) and listener.address == address:
@@ -51,6 +53,15 @@ def listener_for(sock: socket.socket, listeners: tuple[ListenerConfig, ...]) -> 
             ],
         )
     return probe
+
+
+def _socket_listener_for(path: str, listeners: tuple[ListenerConfig, ...]) -> ListenerConfig:
+    for listener in listeners:
+        if listener.socket is not None and str(listener.socket) == path:
+            return listener
+    # Without its listener there is no unix_users map: every caller would be refused.
+    why = f"systemd passed the Unix socket {path}, which no listener's socket names"
+    raise ConfigError("socket activation", [("listen", why)])
 
 
 def check_private(*paths: Path) -> None:

@@ -102,6 +102,16 @@ class Metrics:
         if self.instruments is not None:
             self.instruments.in_doubt.labels(outcome=outcome).inc()
 
+    def user_delivery(
+        self, user: str, provider: str, sessions: int, limit: int, waiting: bool
+    ) -> None:
+        """A user's upstream sessions in use, the limit now, and whether pace or quota holds."""
+        if self.instruments is not None:
+            labels = self._mail_labels(user, provider)
+            self.instruments.upstream_sessions.labels(**labels).set(sessions)
+            self.instruments.upstream_session_limit.labels(**labels).set(limit)
+            self.instruments.paced.labels(**labels).set(1 if waiting else 0)
+
     def _mail_labels(self, user: str, provider: str) -> dict[str, str]:
         if self.user_labels == "drop":
             return {"provider": provider}
@@ -131,6 +141,17 @@ class Instruments:
         )
         self.mails_bounced = self._counter(
             "mails_bounced", "Mails given up on: refused or expired", mail
+        )
+        self.upstream_sessions = self._gauge(
+            "upstream_sessions", "Upstream sessions a user has in use now", mail
+        )
+        self.upstream_session_limit = self._gauge(
+            "upstream_session_limit",
+            "Sessions a user may open now: grows with demand, lowered when a provider pushes back",
+            mail,
+        )
+        self.paced = self._gauge(
+            "paced", "1 while a user's mail waits for their pace or their provider's quota", mail
         )
         self.upstream_replies = self._counter(
             "upstream_replies",
@@ -171,10 +192,10 @@ class Instruments:
 
         return Counter(name, doc, labels, namespace=NAMESPACE, registry=self.registry)
 
-    def _gauge(self, name: str, doc: str) -> Gauge:
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         from prometheus_client import Gauge
 
-        return Gauge(name, doc, namespace=NAMESPACE, registry=self.registry)
+        return Gauge(name, doc, labels, namespace=NAMESPACE, registry=self.registry)
 
 
 def user_label(login: str, mode: str) -> str:

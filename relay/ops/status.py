@@ -7,8 +7,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STATUS_FILE = "daemon.json"
+DELIVERY_FILE = "delivery.json"  # per-user sessions and pace, refreshed every few seconds
 # Written at this fixed size and rewritten in place, so the status file can still say
 # "paused: disk full" when the disk is full: the blocks it needs are its own already.
 STATUS_SIZE = 4096
@@ -77,9 +79,30 @@ def read_status(state_dir: Path) -> DaemonStatus | None:
     return None
 
 
+def write_delivery(state_dir: Path, users: list[dict[str, object]]) -> None:
+    """Publish each user's sessions, pace and waiting mail (0600, replaced atomically)."""
+    path = state_dir / DELIVERY_FILE
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"at": time.time(), "users": users}, handle)
+    os.replace(temporary, path)
+
+
+def read_delivery(state_dir: Path) -> list[dict[str, Any]]:
+    """What the running daemon last published of its users' delivery; [] if nothing."""
+    try:
+        document = json.loads((state_dir / DELIVERY_FILE).read_text())
+        users: list[dict[str, Any]] = document["users"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return users
+
+
 def remove_status(state_dir: Path) -> None:
     """Withdraw the status file on the way out."""
     (state_dir / STATUS_FILE).unlink(missing_ok=True)
+    (state_dir / DELIVERY_FILE).unlink(missing_ok=True)
 
 
 def uptime(started: float) -> float:

@@ -50,6 +50,31 @@ class OAuthEndpoints:
 
 
 @dataclass(frozen=True, slots=True)
+class Pace:
+    """The sending rates a provider allows one mailbox; None: no limit known."""
+
+    per_minute: int | None = None
+    per_day: int | None = None  # messages in any 24 hours
+    recipients_per_day: int | None = None
+
+    def describe(self) -> str:
+        """The rates in a few words, as `relay status` and queued replies show them."""
+        parts = [
+            f"{value}{unit}"
+            for value, unit in (
+                (self.per_minute, "/min"),
+                (self.per_day, "/day"),
+                (self.recipients_per_day, " recipients/day"),
+            )
+            if value is not None
+        ]
+        return ", ".join(parts) or "none"
+
+
+NO_PACE = Pace()
+
+
+@dataclass(frozen=True, slots=True)
 class Preset:
     """The facts relay needs about one provider, with the sources that back them."""
 
@@ -61,6 +86,12 @@ class Preset:
     max_recipients: int | None
     sources: tuple[str, ...]
     oauth2: OAuthEndpoints | None = None
+    # What the provider documents (PROVIDERS.md §3): relay sends no faster, so it never has to
+    # throttle. Only documented figures: an unknown limit is left to the provider's replies.
+    pace: Pace = NO_PACE
+    # The largest message the provider takes, as documented or as its EHLO's SIZE says; what
+    # relay's listener announces until it has seen that EHLO itself. None: not known.
+    max_message_bytes: int | None = None
 
 
 # RFC 8314 §3.3 (465, 993: implicit TLS), RFC 6409 §3.1 (587), RFC 3501 §2.1 (143 + STARTTLS).
@@ -115,6 +146,10 @@ _ALL = (
         # 100 recipients per message via SMTP (secondary sources only).
         max_recipients=100,
         oauth2=_GOOGLE_OAUTH,
+        # About 500 a day for a consumer account (secondary sources, PROVIDERS.md [5b]).
+        pace=Pace(per_day=500),
+        # smtp.gmail.com's EHLO announces SIZE 35882577.
+        max_message_bytes=35882577,
         sources=(
             "https://mailconfiguration.com/gmail/gmail-imap-pop-smtp-settings/",
             "https://github.com/mustang-im/mustang/issues/627",
@@ -131,6 +166,9 @@ _ALL = (
         domains=(),
         max_recipients=100,
         oauth2=_GOOGLE_OAUTH,
+        # 2,000 messages and 10,000 recipients in a rolling 24 hours (support 166852, [5]).
+        pace=Pace(per_day=2000, recipients_per_day=10000),
+        max_message_bytes=35882577,  # the same servers as gmail
         sources=(
             "https://mailconfiguration.com/gmail/gmail-imap-pop-smtp-settings/",
             "https://github.com/mustang-im/mustang/issues/627",
@@ -148,6 +186,8 @@ _ALL = (
         domains=(),
         max_recipients=500,
         oauth2=_MICROSOFT_OAUTH,
+        # Exchange Online: 30 messages a minute, 10,000 recipients a day per mailbox [25].
+        pace=Pace(per_minute=30, recipients_per_day=10000),
         sources=(
             "https://snanc.org/article/how-to-set-up-a-multifunction-device-or-application-to-send-emails-using-microsoft-365-or-office-365",
             "https://github.com/MicrosoftDocs/OfficeDocs-Exchange/issues/1701",
@@ -201,6 +241,8 @@ _ALL = (
         domains=(),
         # Current Apple doc says 500/msg; an older one said 100 [39].
         max_recipients=500,
+        # 1,000 messages and 1,000 recipients a day [39].
+        pace=Pace(per_day=1000, recipients_per_day=1000),
         sources=(
             "https://github.com/chatmail/provider-db/blob/master/_providers/icloud.md",
             "https://github.com/dawidd6/action-send-mail/issues/84",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from relay.config.delivery import session_ceiling
 from relay.config.live import LiveConfig
 from relay.config.model import ProviderConfig, RelayConfig
 from relay.errors import (
@@ -17,7 +18,7 @@ from relay.errors import (
     UpstreamError,
     smtp_reply,
 )
-from relay.model import User
+from relay.model import NO_PARAMS, EnvelopeParams, User
 from relay.ops.channels import Ops
 from relay.queue.records import QueueEntry
 from relay.queue.spool import Spool
@@ -104,7 +105,9 @@ class Attempts:
             raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
         opened = await self._credentials.open(user, provider)
         try:
-            return await self._send(user, provider, opened, entry.sender, entry.pending, data)
+            return await self._send(
+                user, provider, opened, entry.sender, entry.pending, data, entry.params
+            )
         except LoginRefused:
             # An access token may die before its expiry (revoked, clock skew): one fresh
             # token is worth a second try; a refused password is not.
@@ -130,7 +133,9 @@ class Attempts:
         data: bytes,
     ) -> SendOutcome:
         try:
-            return await self._send(user, provider, opened, entry.sender, entry.pending, data)
+            return await self._send(
+                user, provider, opened, entry.sender, entry.pending, data, entry.params
+            )
         except PermanentLoginRefusal as error:
             # A server answers 535 alike for a bad token and for its own trouble checking one
             # (Dovecot's introspection down), and a fresh token was refused too: keep the mail
@@ -146,6 +151,7 @@ class Attempts:
         sender: str,
         recipients: list[str],
         data: bytes,
+        params: EnvelopeParams = NO_PARAMS,
     ) -> SendOutcome:
         account = UpstreamAccount(
             provider.smtp, user.upstream_user, opened.secret, provider.ca_file, opened.bearer
@@ -153,7 +159,10 @@ class Attempts:
         # A changed password, grant or provider must never reuse a session logged in with the
         # old one.
         key = f"{user.login}|{provider.smtp.host}:{provider.smtp.port}|{opened.identity}"
-        return await self._pool.send(key, account, sender, recipients, data)
+        ceiling = session_ceiling(self.config, user.login, provider)
+        return await self._pool.send(
+            key, account, sender, recipients, data, ceiling=ceiling, params=params
+        )
 
     def log(self, entry: QueueEntry, verdict: Verdict, delay: float) -> None:
         """Log the attempt's delivery.attempt line and count it in the metrics."""

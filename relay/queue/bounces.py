@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
-from relay.model import User
+from relay.model import Notify, User
 from relay.queue.dsn import build_dsn
 from relay.queue.records import NewMessage, QueueEntry
 from relay.queue.spool import Spool
@@ -81,10 +81,20 @@ class Bounces:
         if entry.is_bounce:
             logger.warning("queue.bounce_dropped id=%s reason=a bounce is never bounced", entry.id)
             return None
+        # RFC 3461 §4.1: only the events each recipient's NOTIFY asks for (NEVER: none).
+        asked = entry.params.notice
+        failed = {r: reply for r, reply in failed.items() if asked(r).wants(Notify.FAILURE)}
+        delayed = {r: reply for r, reply in delayed.items() if asked(r).wants(Notify.DELAY)}
+        if not failed and not delayed:
+            logger.info("queue.dsn_not_asked id=%s reason=NOTIFY", entry.id)
+            return None
         header = await self._spool.read_sent_header(entry.id)
         if user is None or header is None:
             logger.error("queue.bounce_impossible id=%s user=%s", entry.id, entry.login)
             return None
+        # RFC 3461 §4.3: RET=FULL returns the whole message; otherwise (HDRS, or nothing
+        # asked) its header only, which is also all the sender needs to recognise it.
+        full = await self._spool.read_data(entry.id) if entry.params.ret == "FULL" else None
         now = time.time()
         report = build_dsn(
             reporting_host=self.config.hostname,
@@ -97,6 +107,8 @@ class Bounces:
             failed=failed,
             delayed=delayed,
             resent_in_doubt=entry.resent_in_doubt,
+            params=entry.params,
+            original=full,
         )
         bounce_id = secrets.token_hex(8)
         return NewMessage(

@@ -13,14 +13,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from relay.config.delivery import pace_for
 from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
-from relay.errors import DeliveryInDoubt, StoreError, TemporaryFailure
+from relay.errors import DeliveryInDoubt, QuotaExceeded, StoreError, TemporaryFailure
 from relay.model import User
 from relay.ops.channels import Ops
 from relay.queue.attempts import Attempts, Verdict, app_refusal, summary
 from relay.queue.bounces import Bounces
 from relay.queue.indoubt import FOUND_IN_SENT, Doubt, InDoubtCheck, found_in_sent
+from relay.queue.pace import QUOTA_PAUSE, Pacer, Wait
 from relay.queue.pause import SpoolPause
 from relay.queue.records import AttemptRecord, QueueEntry
 from relay.queue.results import Handed, Queued, Refused, Sent
@@ -63,6 +65,7 @@ class DeliveryParts:
     sent: SentCopies
     pause: SpoolPause
     ops: Ops
+    pacer: Pacer
 
 
 class Delivery:
@@ -83,6 +86,7 @@ class Delivery:
         self._sent = parts.sent
         self.pause = parts.pause
         self._ops = parts.ops
+        self._pacer = parts.pacer
         self._start_sent_copy = start_sent_copy
         self._provider_is_back = provider_is_back
         # Users with deferred mail: only for them does a delivery make other mail due.
@@ -112,9 +116,17 @@ class Delivery:
             return queued
         if attempted is None:
             return queued
+        if isinstance(attempted, Wait):
+            if handoff is not None:
+                handoff.decided = True
+            return await self._paced(entry, attempted)
         verdict, resent = attempted
+        if isinstance(verdict.error, QuotaExceeded):
+            self._quota_reached(entry, verdict.error)
         now = time.time()
         delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
+        if isinstance(verdict.error, QuotaExceeded):
+            delay = max(delay, QUOTA_PAUSE)
         outcome = verdict.outcome
         # Decide who hears about failures before the outcome is written, so the deadline
         # cannot slip in between: either the waiting app hears the 5xx, or the sender gets
@@ -144,14 +156,32 @@ class Delivery:
         provider_down = isinstance(verdict.error, TemporaryFailure)
         return Settled(result, provider_down, now + delay)
 
+    async def _paced(self, entry: QueueEntry, wait: Wait) -> Settled:
+        """Not now: the mail (and the user's others, in a round) waits for the pace to allow it."""
+        until = time.time() + wait.seconds
+        await self._spool.defer(entry.id, until)
+        reason = f"{wait.reason}, next in {wait.seconds:.0f} s"
+        logger.info("queue.paced id=%s user=%s reason=%r", entry.id, entry.login, reason)
+        return Settled(Queued(entry.id, reason), provider_down=True, next_attempt=until)
+
+    def _quota_reached(self, entry: QueueEntry, error: QuotaExceeded) -> None:
+        """The provider's daily quota is used up: that user's mail waits, nobody else's."""
+        self._pacer.close(entry.login, QUOTA_PAUSE, error.reply.line)
+        logger.warning(
+            "delivery.quota user=%s next_in=%.0fs reply=%r (deferred, not bounced)",
+            entry.login,
+            QUOTA_PAUSE,
+            error.reply.line,
+        )
+
     async def _attempt(
         self, entry: QueueEntry, data: bytes | None, user: User | None
-    ) -> tuple[Verdict, bool] | None:
-        """The attempt's verdict and whether it re-sent in-doubt mail; None: not to try yet."""
+    ) -> tuple[Verdict, bool] | Wait | None:
+        """The attempt's verdict and whether it re-sent in-doubt mail; Wait or None: not yet."""
         resent = False
+        found_user = user or self._store.find_user(entry.login)
+        provider = self.config.providers.get(found_user.provider) if found_user else None
         if entry.claimed_at is not None:
-            found_user = user or self._store.find_user(entry.login)
-            provider = self.config.providers.get(found_user.provider) if found_user else None
             timeout = self.config.upstream.timeout
             doubt = await self._doubts.decide(entry, found_user, provider, timeout)
             if doubt is Doubt.WAIT:
@@ -160,6 +190,11 @@ class Delivery:
             if doubt is Doubt.FOUND and provider is not None:
                 return Verdict(found_in_sent(entry), None, provider.smtp.host, found_user), False
             resent = doubt is Doubt.RESEND
+        if found_user is not None and provider is not None:
+            pace = pace_for(self.config, found_user.login, provider)
+            wait = self._pacer.take(found_user.login, pace, len(entry.pending))
+            if wait is not None:
+                return Wait(wait.seconds, f"{wait.reason} at {provider.name}")
         return await self._attempts.attempt(entry, data, user), resent
 
     async def _record_for(

@@ -9,6 +9,7 @@ wal-index says was committed; then SQLite's quick_check runs on the database its
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import struct
@@ -17,6 +18,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from relay.errors import SpoolDamaged
+
+logger = logging.getLogger("relay.daemon")  # where the start-up lines have always come from
 
 WAL_MAGIC = (0x377F0682, 0x377F0683)  # the low bit says the checksums' byte order
 WAL_VERSION = 3007000
@@ -197,3 +202,18 @@ def _valid_page_size(size: int) -> bool:
 
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
+
+
+def verify_spool(path: Path, accept_damaged: bool) -> None:
+    """Refuse to start on a damaged spool, unless told to; then keep its log aside first."""
+    damage = check_spool(path)
+    if damage is None:
+        return
+    if not accept_damaged:
+        raise SpoolDamaged(damage.report(path))
+    kept = keep_damaged_log(path)
+    logger.error(
+        "spool.damaged %s (starting anyway, as told; damaged log kept at %s)",
+        "; ".join(damage.findings),
+        kept or "-",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from relay.model import NO_PARAMS, EnvelopeParams
 from relay.queue.sentjobs import SentJobSpec
 from relay.reply import Reply
 
@@ -32,6 +33,7 @@ class NewMessage:
     received_at: float
     is_bounce: bool = False
     fingerprint: str | None = None  # set when duplicate submissions should be recognised
+    params: EnvelopeParams = NO_PARAMS  # SMTPUTF8 and DSN requests, for every attempt
 
     def entry(self) -> QueueEntry:
         """The queue entry this message has once committed, before any attempt."""
@@ -47,6 +49,7 @@ class NewMessage:
             is_bounce=self.is_bounce,
             warned=False,
             recipients=dict.fromkeys(self.recipients, (RecipientState.PENDING, "")),
+            params=self.params,
         )
 
 
@@ -70,6 +73,7 @@ class QueueEntry:
     # (a crash, or a connection cut after the end of DATA); None when nothing is in doubt.
     claimed_at: float | None = None
     resent_in_doubt: int = 0  # times sent again after such an attempt: possible duplicates
+    params: EnvelopeParams = NO_PARAMS  # as the app gave them (schema 4)
 
     @property
     def pending(self) -> list[str]:

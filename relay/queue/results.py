@@ -28,6 +28,13 @@ class Queued:
 
 
 @dataclass(frozen=True, slots=True)
+class Spooled:
+    """Spool mode: the mail is committed and its first attempt has started in the background."""
+
+    queue_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AlreadyAccepted:
     """The same mail was accepted moments ago (an app that retried after a timeout)."""
 
@@ -41,5 +48,5 @@ class Refused:
     reply: Reply
 
 
-Accepted = Sent | Queued | AlreadyAccepted
+Accepted = Sent | Queued | Spooled | AlreadyAccepted
 Handed = Accepted | Refused

@@ -11,19 +11,21 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from relay.config.delivery import pace_for, session_ceiling
 from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
 from relay.errors import StoreError
 from relay.message import PreparedMessage
-from relay.model import User
+from relay.model import NO_PARAMS, EnvelopeParams, User
 from relay.ops.channels import Ops
 from relay.queue.attempts import Attempts
 from relay.queue.bounces import Bounces
 from relay.queue.delivery import Delivery, DeliveryParts, Handoff, Settled
 from relay.queue.indoubt import InDoubtCheck
+from relay.queue.pace import Pacer, UserPace
 from relay.queue.pause import PauseState, SpoolPause
 from relay.queue.records import NewMessage, QueueEntry, QueueStats
-from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused
+from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused, Spooled
 from relay.queue.retry import is_expired, needs_delay_warning
 from relay.queue.sentcopies import SentCopies
 from relay.queue.spool import Spool, fingerprint
@@ -77,6 +79,7 @@ class QueueRunner:
         writer: StoreWriter | None = None,
     ) -> None:
         self.pause = SpoolPause(spool.path.parent, lambda _state: None)
+        self.pacer = Pacer()
         self._sent = SentCopies(live, store, spool, credentials, pool.tls, ops, self.pause, writer)
         self._bounces = Bounces(live, store, spool, self._attempt_now)
         parts = DeliveryParts(
@@ -89,8 +92,10 @@ class QueueRunner:
             sent=self._sent,
             pause=self.pause,
             ops=ops,
+            pacer=self.pacer,
         )
         self._delivery = Delivery(parts, self._start_sent_copy, self._provider_is_back)
+        self._store = store
         self._live = live
         self._ops = ops
         self.stats = QueueStats()
@@ -105,8 +110,20 @@ class QueueRunner:
 
     # -- accepting mail from the listener ------------------------------------------------------
 
-    async def accept(self, user: User, prepared: PreparedMessage, recipients: list[str]) -> Handed:
-        """Spool a message durably, try it once within the deadline, and say what became of it."""
+    async def accept(
+        self,
+        user: User,
+        prepared: PreparedMessage,
+        recipients: list[str],
+        *,
+        verdict: bool = True,
+        params: EnvelopeParams = NO_PARAMS,
+    ) -> Handed:
+        """Spool a message durably and try it once; with verdict, say what the provider said.
+
+        Without verdict (spool mode) the app hears 250 as soon as the mail is committed, and a
+        refusal reaches the sender as a DSN, as for any retry.
+        """
         queue = self.config.queue
         size = prepared.size
         if self.pause.paused:
@@ -130,6 +147,7 @@ class QueueRunner:
             fingerprint=fingerprint(user.login, prepared.message_id, prepared.sender, recipients)
             if prepared.app_message_id
             else None,
+            params=params,
         )
         try:
             stored = await self._spool.enqueue(message, queue.duplicate_window)
@@ -154,9 +172,11 @@ class QueueRunner:
             len(recipients),
             size,
         )
-        handoff = Handoff()
+        handoff = Handoff(client_waiting=verdict)
         # The first attempt uses what is in memory: reading it back would copy the data again.
         task = self._spawn(self._first_attempt(message, handoff, user))
+        if not verdict:
+            return Spooled(queue_id)
         done, _ = await asyncio.wait({task}, timeout=queue.first_attempt_timeout)
         if not done and not handoff.decided:
             handoff.client_waiting = False
@@ -248,6 +268,34 @@ class QueueRunner:
     def config(self) -> RelayConfig:
         """The config in force, as the runner and all it hands work to read it."""
         return self._live.current
+
+    def delivery_states(self) -> list[UserPace]:
+        """Per user with sessions or paced sends: what `relay status` shows of their delivery."""
+        usage = self._pool.usage()
+        states = []
+        for login in sorted(set(usage) | self.pacer.logins()):
+            user = self._store.find_user(login)
+            provider = self.config.providers.get(user.provider) if user else None
+            if provider is None:
+                continue
+            pace = pace_for(self.config, login, provider)
+            own = self.config.users.get(login)
+            whose = "user's own" if own is not None and own.pace is not None else provider.name
+            use = usage.get(login)
+            ceiling = session_ceiling(self.config, login, provider)
+            states.append(
+                UserPace(
+                    login=login,
+                    provider=provider.name,
+                    sessions=use.in_use if use else 0,
+                    limit=use.limit if use else ceiling,
+                    ceiling=ceiling,
+                    waiting_sends=use.waiting if use else 0,
+                    pace=f"{pace.describe()} ({whose})",
+                    waiting=self.pacer.waiting_reason(login, pace),
+                )
+            )
+        return states
 
     def watch_pause(self, on_change: Callable[[PauseState], None]) -> None:
         """Call on_change whenever delivery pauses or resumes (the daemon's status file)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from relay.errors import StoreError
 from relay.queue.sentjobs import SCHEMA as SENT_JOBS_SCHEMA
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BLOB_CHUNK = 1 << 20  # larger data is written in pieces, so SQLite never holds a second copy
 CHECKPOINT_WAIT_MS = 200  # how long a WAL checkpoint waits for another process's reader
 BODIES_TABLE = """
@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS bodies (
     data         BLOB NOT NULL
 ) STRICT
 """
+# Schema 4 added what every attempt passes on to the provider: SMTPUTF8 (RFC 6531) and the DSN
+# parameters (RFC 3461) RET and ENVID per mail, NOTIFY (comma-separated; '' when not given) and
+# ORCPT per recipient.
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS messages (
@@ -37,7 +40,10 @@ CREATE TABLE IF NOT EXISTS messages (
     -- Set while an attempt may be under way (from the spooling or claiming transaction until
     -- its outcome is written): after a crash, such mail may already be at the provider.
     claimed_at     REAL,
-    resent_in_doubt  INTEGER NOT NULL DEFAULT 0
+    resent_in_doubt  INTEGER NOT NULL DEFAULT 0,
+    smtputf8       INTEGER NOT NULL DEFAULT 0,
+    dsn_ret        TEXT,
+    dsn_envid      TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt);
 """
@@ -48,6 +54,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     address      TEXT NOT NULL,
     state        TEXT NOT NULL,
     reply        TEXT NOT NULL DEFAULT '',
+    notify       TEXT NOT NULL DEFAULT '',
+    orcpt        TEXT,
     PRIMARY KEY (message_seq, address)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS attempts (
@@ -90,6 +98,8 @@ def open_database(path: Path) -> sqlite3.Connection:
             _move_data_to_bodies(db)
         if version in (1, 2):
             _add_in_doubt_columns(db)
+        if version in (1, 2, 3):
+            _add_envelope_params(db)
         db.executescript(SCHEMA)
         db.executescript(SENT_JOBS_SCHEMA)
         if version != SCHEMA_VERSION:
@@ -142,6 +152,24 @@ def _add_in_doubt_columns(db: sqlite3.Connection) -> None:
             db.execute("ALTER TABLE messages ADD COLUMN claimed_at REAL")
             db.execute("ALTER TABLE messages ADD COLUMN resent_in_doubt INTEGER NOT NULL DEFAULT 0")
         db.execute("PRAGMA user_version = 3")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _add_envelope_params(db: sqlite3.Connection) -> None:
+    """Schema 3 to 4: the SMTPUTF8 and DSN parameters mail carries from the app to the provider."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        if "smtputf8" not in columns:  # else another relay process upgraded it meanwhile
+            db.execute("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE messages ADD COLUMN dsn_ret TEXT")
+            db.execute("ALTER TABLE messages ADD COLUMN dsn_envid TEXT")
+            db.execute("ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT ''")
+            db.execute("ALTER TABLE recipients ADD COLUMN orcpt TEXT")
+        db.execute("PRAGMA user_version = 4")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

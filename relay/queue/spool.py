@@ -35,6 +35,7 @@ from relay.queue.statements import (
     Write,
     apply_attempt,
     claim_messages,
+    defer_message,
     delete_accepted_before,
     delete_message,
     expire_message,
@@ -167,6 +168,10 @@ class Spool:
     async def kick(self, login: str, now: float) -> int:
         """Make a user's deferred mail due now (their provider answered again)."""
         return await self._run(make_due, self._db, login, now)
+
+    async def defer(self, message_id: str, until: float) -> None:
+        """A message not tried after all (paced) is due again at until."""
+        await self._commit(partial(defer_message, message_id=message_id, until=until))
 
     async def postpone(self, login: str, until: float) -> None:
         """Move a user's earlier-due mail to `until`, so a down provider is not hammered."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from relay.model import EnvelopeParams, Notify, RecipientNotice
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
 from relay.queue.schema import BLOB_CHUNK
 from relay.queue.sentjobs import count_jobs, insert_from_message
@@ -48,7 +49,8 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
         )
     cursor = db.execute(
         "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
-        "is_bounce, body_offset, sent_header, claimed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        "is_bounce, body_offset, sent_header, claimed_at, smtputf8, dsn_ret, dsn_envid) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             message.id,
             message.login,
@@ -61,12 +63,20 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
             message.sent_header,
             # Its first attempt starts as this commits: marked here, it costs no fsync of its own.
             message.received_at,
+            int(message.params.smtputf8),
+            message.params.ret,
+            message.params.envid,
         ),
     )
     seq = cursor.lastrowid
+    notice = message.params.notice
     db.executemany(
-        "INSERT OR IGNORE INTO recipients (message_seq, address, state) VALUES (?, ?, ?)",
-        [(seq, r, RecipientState.PENDING.value) for r in message.recipients],
+        "INSERT OR IGNORE INTO recipients (message_seq, address, state, notify, orcpt) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (seq, r, RecipientState.PENDING.value, _notify_text(notice(r)), notice(r).orcpt)
+            for r in message.recipients
+        ],
     )
     _insert_body(db, seq, message.upstream_data)
     return message.id
@@ -234,6 +244,13 @@ def make_id_due(db: sqlite3.Connection, message_id: str, now: float) -> int:
     ).rowcount
 
 
+def defer_message(db: sqlite3.Connection, message_id: str, until: float) -> None:
+    """Not tried after all (paced): due again at until, and nothing in doubt about it."""
+    db.execute(
+        "UPDATE messages SET next_attempt = ?, claimed_at = NULL WHERE id = ?", (until, message_id)
+    )
+
+
 def postpone_user(db: sqlite3.Connection, login: str, until: float) -> None:
     """Set every earlier next attempt of a user's mail to `until`."""
     db.execute(
@@ -277,7 +294,8 @@ def select_entries(
     """Entries (all, due ones, or one by id) in order of acceptance, with their recipients."""
     query = (
         "SELECT seq, id, login, sender, message_id, received_at, next_attempt, attempts, "
-        "last_reply, is_bounce, warned, claimed_at, resent_in_doubt FROM messages"
+        "last_reply, is_bounce, warned, claimed_at, resent_in_doubt, smtputf8, dsn_ret, "
+        "dsn_envid FROM messages"
     )
     where: list[str] = []
     args: list[object] = []
@@ -292,13 +310,17 @@ def select_entries(
     rows = db.execute(query + " ORDER BY seq", args).fetchall()
     entries = []
     for seq, *fields in rows:
-        recipients = {
-            address: (RecipientState(state), reply)
-            for address, state, reply in db.execute(
-                "SELECT address, state, reply FROM recipients WHERE message_seq = ? ORDER BY rowid",
-                (seq,),
-            )
-        }
+        rows = db.execute(
+            "SELECT address, state, reply, notify, orcpt FROM recipients WHERE message_seq = ? "
+            "ORDER BY rowid",
+            (seq,),
+        ).fetchall()
+        recipients = {address: (RecipientState(state), reply) for address, state, reply, *_ in rows}
+        notices = tuple(
+            (address, RecipientNotice(_notify_set(notify), orcpt))
+            for address, _, _, notify, orcpt in rows
+            if notify or orcpt
+        )
         entries.append(
             QueueEntry(
                 id=fields[0],
@@ -314,6 +336,17 @@ def select_entries(
                 recipients=recipients,
                 claimed_at=fields[10],
                 resent_in_doubt=fields[11],
+                params=EnvelopeParams(bool(fields[12]), fields[13], fields[14], notices),
             )
         )
     return entries
+
+
+def _notify_text(notice: RecipientNotice) -> str:
+    """NOTIFY as stored: its keywords, comma-separated ('' when not given)."""
+    return ",".join(sorted(n.value for n in notice.notify))
+
+
+def _notify_set(text: str) -> frozenset[Notify]:
+    """NOTIFY as read back."""
+    return frozenset(Notify(word) for word in text.split(",") if word)

@@ -13,11 +13,21 @@ import aiosmtplib
 
 from relay.config.model import RelayConfig
 from relay.errors import DeliveryInDoubt, UpstreamError
+from relay.model import NO_PARAMS, EnvelopeParams
+from relay.providers.facts import ProviderFacts
 from relay.providers.presets import Endpoint, TlsMode
 from relay.reply import Reply
 from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount, UpstreamTimeouts
-from relay.upstream.replies import auth_error, provider_reply, reply_error, upstream_error
+from relay.upstream.concurrency import SessionLimit, SessionUse, is_pushback
+from relay.upstream.envelope import Upstream, upstream_envelope
+from relay.upstream.replies import (
+    auth_error,
+    is_quota_reply,
+    provider_reply,
+    reply_error,
+    upstream_error,
+)
 from relay.upstream.sasl import smtp_login
 from relay.upstream.senddata import ReplyLost, send_data
 
@@ -66,16 +76,20 @@ class Session:
 
 @dataclass
 class _UserSlots:
-    limit: asyncio.Semaphore
+    limit: SessionLimit
     idle: list[Session] = field(default_factory=list)
 
 
 class UpstreamPool:
     """Logged-in sessions per pool key (user, provider, credentials); idle ones are reused."""
 
-    def __init__(self, settings: PoolSettings, tls: TlsContexts) -> None:
+    def __init__(
+        self, settings: PoolSettings, tls: TlsContexts, facts: ProviderFacts | None = None
+    ) -> None:
         self.settings = settings
         self.tls = tls
+        # What each server's EHLO announced, for the listener (SIZE, SMTPUTF8) and transact.
+        self.facts = facts if facts is not None else ProviderFacts()
         self._generation = 0
         self._slots: dict[str, _UserSlots] = {}
         self.connections_opened = 0
@@ -91,29 +105,88 @@ class UpstreamPool:
         await _close_idle_sessions(old.values())
 
     async def send(
-        self, key: str, account: UpstreamAccount, sender: str, recipients: list[str], data: bytes
+        self,
+        key: str,
+        account: UpstreamAccount,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        ceiling: int | None = None,
+        params: EnvelopeParams = NO_PARAMS,
     ) -> SendOutcome:
         """Send one message over a pooled or fresh session; raise UpstreamError for the whole."""
         started = time.monotonic()
+        slots = self._slots_for(key, ceiling or self.settings.max_per_key)
+        await slots.limit.acquire()
+        try:
+            outcome = await self._send_in_slot(slots, account, sender, recipients, data, params)
+        except UpstreamError as error:
+            if is_pushback(error):
+                slots.limit.pushed_back()
+                logger.info(
+                    "upstream.pushback key_user=%s sessions=%d reply=%r",
+                    key.split("|", 1)[0],
+                    slots.limit.limit,
+                    error.reply.line,
+                )
+            raise
+        finally:
+            slots.limit.release()
+        slots.limit.delivered()
+        return replace(outcome, seconds=time.monotonic() - started)
+
+    def _slots_for(self, key: str, ceiling: int) -> _UserSlots:
         slots = self._slots.get(key)
         if slots is None:
-            slots = _UserSlots(asyncio.Semaphore(self.settings.max_per_key))
+            slots = _UserSlots(SessionLimit(ceiling))
             self._slots[key] = slots
-        async with slots.limit:
-            outcome = None
-            session = await self._reusable(slots)
-            if session is not None:
-                try:
-                    outcome = await self._use(slots, session, sender, recipients, data, reused=True)
-                except BrokenIdleSession:
-                    # Nothing was handed over on the broken session: a fresh try cannot double-send.
-                    logger.info(
-                        "upstream.reconnect where=%s reason=idle session broken", session.where
-                    )
-            if outcome is None:
-                session = await self._open(account)
-                outcome = await self._use(slots, session, sender, recipients, data, reused=False)
-        return replace(outcome, seconds=time.monotonic() - started)
+        elif slots.limit.ceiling != ceiling:
+            slots.limit.set_ceiling(ceiling)
+        return slots
+
+    def usage(self) -> dict[str, SessionUse]:
+        """Per login: their sessions in use, the limit now, the ceiling, the sends waiting."""
+        found: dict[str, SessionUse] = {}
+        for key, slots in self._slots.items():
+            login = key.split("|", 1)[0]
+            use = slots.limit.use()
+            known = found.get(login)
+            if known is not None:  # one user at two endpoints or with two secrets: add up
+                use = SessionUse(
+                    known.in_use + use.in_use,
+                    known.limit + use.limit,
+                    max(known.ceiling, use.ceiling),
+                    known.waiting + use.waiting,
+                    known.pushed_back or use.pushed_back,
+                )
+            found[login] = use
+        return found
+
+    async def _send_in_slot(
+        self,
+        slots: _UserSlots,
+        account: UpstreamAccount,
+        sender: str,
+        recipients: list[str],
+        data: bytes,
+        params: EnvelopeParams,
+    ) -> SendOutcome:
+        outcome = None
+        session = await self._reusable(slots)
+        if session is not None:
+            try:
+                outcome = await self._use(
+                    slots, session, sender, recipients, data, reused=True, params=params
+                )
+            except BrokenIdleSession:
+                # Nothing was handed over on the broken session: a fresh try cannot double-send.
+                logger.info("upstream.reconnect where=%s reason=idle session broken", session.where)
+        if outcome is None:
+            session = await self._open(account)
+            outcome = await self._use(
+                slots, session, sender, recipients, data, reused=False, params=params
+            )
+        return outcome
 
     async def _use(
         self,
@@ -124,9 +197,12 @@ class UpstreamPool:
         data: bytes,
         *,
         reused: bool,
+        params: EnvelopeParams = NO_PARAMS,
     ) -> SendOutcome:
         try:
-            outcome = await transact(session, sender, recipients, data, reused=reused)
+            outcome = await transact(
+                session, sender, recipients, data, reused=reused, params=params
+            )
         except asyncio.CancelledError:
             # Shutdown's grace is over: a polite QUIT could wait seconds more on a stalled server.
             session.client.close()
@@ -167,6 +243,7 @@ class UpstreamPool:
         try:
             await client.connect(timeout=self.settings.timeouts.connect)
             await smtp_login(client, account.username, account.secret, bearer=account.bearer)
+            self.facts.learn(endpoint, client.esmtp_extensions)
         except aiosmtplib.SMTPAuthenticationError as error:
             client.close()
             raise auth_error(error.code, error.message, account.username, where) from None
@@ -223,13 +300,20 @@ def smtp_client(
 
 
 async def transact(
-    session: Session, sender: str, recipients: list[str], data: bytes, *, reused: bool
+    session: Session,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    *,
+    reused: bool,
+    params: EnvelopeParams = NO_PARAMS,
 ) -> SendOutcome:
     """One mail transaction: MAIL, RCPT per recipient, DATA; replies sorted per recipient."""
     client, where = session.client, session.where
+    envelope = upstream_envelope(client.esmtp_extensions, where, sender, recipients, params)
     options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
     try:
-        await client.mail(sender, options=options)
+        await client.mail(sender, options=options + envelope.mail, encoding=envelope.encoding)
     except aiosmtplib.SMTPResponseException as error:
         if reused and error.code == SERVICE_CLOSING:
             raise BrokenIdleSession from None
@@ -239,7 +323,7 @@ async def transact(
             raise BrokenIdleSession from None
         raise upstream_error(error, where) from None
     try:
-        return await _recipients_and_data(client, where, recipients, data)
+        return await _recipients_and_data(client, where, recipients, data, envelope)
     except UpstreamError:
         raise
     except (aiosmtplib.SMTPException, OSError) as error:
@@ -247,19 +331,21 @@ async def transact(
 
 
 async def _recipients_and_data(
-    client: aiosmtplib.SMTP, where: str, recipients: list[str], data: bytes
+    client: aiosmtplib.SMTP, where: str, recipients: list[str], data: bytes, envelope: Upstream
 ) -> SendOutcome:
     accepted: list[str] = []
     deferred: dict[str, Reply] = {}
     failed: dict[str, Reply] = {}
     for recipient in recipients:
         try:
-            await client.rcpt(recipient)
+            options = envelope.rcpt.get(recipient, [])
+            await client.rcpt(recipient, options=options, encoding=envelope.encoding)
             accepted.append(recipient)
         except aiosmtplib.SMTPRecipientRefused as refusal:
-            if refusal.code == SERVICE_CLOSING:
-                raise reply_error(refusal.code, refusal.message, where) from None
             reply = provider_reply(refusal.code, refusal.message)
+            if refusal.code == SERVICE_CLOSING or is_quota_reply(reply):
+                # Not about this recipient: the whole mail waits (a quota is not a bounce).
+                raise reply_error(refusal.code, refusal.message, where) from None
             (deferred if 400 <= refusal.code < 500 else failed)[recipient] = reply
     if not accepted:
         await client.rset()

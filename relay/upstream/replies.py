@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import aiosmtplib
@@ -9,6 +10,7 @@ import aiosmtplib
 from relay.errors import (
     PermanentFailure,
     PermanentLoginRefusal,
+    QuotaExceeded,
     TemporaryFailure,
     TemporaryLoginRefusal,
     UpstreamError,
@@ -21,6 +23,13 @@ from relay.reply import Reply
 
 # Reply codes that make sense as the answer to DATA (RFC 5321 §4.3.2); others are mapped to 554.
 _DATA_PERMANENT_CODES = {550, 551, 552, 553, 554}
+# Gmail 550 5.4.5 "Daily user sending limit exceeded", Microsoft 5.2.2 SubmissionQuotaExceeded,
+# iCloud "You have exceeded your daily sending limit" (PROVIDERS.md §4).
+_QUOTA_WORDS = re.compile(
+    r"daily (user )?sending (limit|quota)|sending (limit|quota) exceeded|SubmissionQuotaExceeded",
+    re.IGNORECASE,
+)
+_QUOTA_CODES = ("5.4.5", "4.5.3", "5.2.2")
 
 
 def upstream_error(error: BaseException, where: str) -> UpstreamError:
@@ -76,9 +85,21 @@ def _from_reply(code: int, message: str, text: str, where: str) -> UpstreamError
     # Only a real 5xx is final; a garbled, endless or out-of-grammar reply is the server's
     # problem, not the mail's, so it keeps the mail queued.
     said = provider_reply(code, message)
+    if is_quota_reply(said):
+        # The mail is fine; the user's quota for today is not: keep it queued, do not bounce.
+        enhanced = said.status("5.7.0")
+        return QuotaExceeded(451, "4" + enhanced[1:], text, hint)
     if not 500 <= code < 600:
         return TemporaryFailure(451, said.status("4.0.0"), text, hint)
     return PermanentFailure(data_reply_code(code), said.status("5.0.0"), text, hint)
+
+
+def is_quota_reply(reply: Reply) -> bool:
+    """Whether a provider's reply says the user's sending quota is used up, not the mail bad."""
+    # X.2.2 is also "recipient's mailbox full" (RFC 3463): only Microsoft's wording counts.
+    return bool(_QUOTA_WORDS.search(reply.text)) or (
+        reply.enhanced in _QUOTA_CODES and "quota" in reply.text.lower()
+    )
 
 
 def data_reply_code(code: int) -> int:

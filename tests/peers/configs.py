@@ -141,6 +141,14 @@ virtual_mailbox_maps = inline:{{ {mailboxes} }}
 virtual_transport = lmtp:unix:{lmtp}
 recipient_delimiter = +
 sender_bcc_maps = inline:{{ {sent_bcc} }}
+smtputf8_enable = yes
+# Internationalised mailboxes go by virtual(8) into a Dovecot Maildir: Dovecot 2.3's LMTP offers
+# no SMTPUTF8, and Postfix does not downgrade a mail that needs it.
+transport_maps = inline:{{ {utf8_transports} }}
+virtual_mailbox_base = {mail_base}
+virtual_uid_maps = static:{uid}
+virtual_minimum_uid = {uid}
+virtual_gid_maps = static:{gid}
 message_size_limit = 41943040
 smtpd_tls_chain_files = {key}, {cert}
 smtpd_tls_security_level = may
@@ -170,6 +178,7 @@ POSTFIX_SERVICES = (
     "retry unix - - n - - error",
     "discard unix - - n - - discard",
     "lmtp unix - - n - - lmtp",
+    "virtual unix - n n - - virtual",
     "anvil unix - - n - 1 anvil",
     "scache unix - - n - 1 scache",
     "postlog unix-dgram n - n - 1 postlogd",

@@ -47,6 +47,9 @@ USERS = (
 # Postfix files a copy of everything erin submits in her Sent folder, as Gmail and Microsoft 365
 # do: sender_bcc_maps sends it to erin+Sent, which Dovecot's LMTP saves into "Sent".
 SELF_FILING_USERS = frozenset({"erin"})
+# An internationalised address (RFC 6531) that Postfix delivers to bob's INBOX (his Maildir).
+UTF8_ALIASES = (("jörg@example.org", "bob"),)
+GMAIL_SIZE = 35882577  # what smtp.gmail.com's EHLO announces
 # carol's mailbox has "Itens Enviados" and no special-use flags, for name-based Sent discovery.
 PLAIN_NAMESPACE_USERS = frozenset({"carol"})
 PROGRAMS = (("postfix", "postfix"), ("dovecot", "dovecot-core"), ("script", "bsdutils"))
@@ -159,6 +162,8 @@ class MailPeers:
     host: str
     submission_port: int  # Postfix, STARTTLS required before AUTH
     submissions_port: int  # Postfix, implicit TLS
+    # Postfix, implicit TLS, announcing SIZE 35882577 as smtp.gmail.com does (issue 22)
+    submissions_35mb_port: int
     imap_port: int  # Dovecot, plain and STARTTLS
     imaps_port: int  # Dovecot, implicit TLS
     ca_file: Path
@@ -171,8 +176,9 @@ class MailPeers:
         self.host = HOST
         self.workdir = workdir
         self.oauth = oauth
-        ports = _free_ports(4)
-        self.submission_port, self.submissions_port, self.imap_port, self.imaps_port = ports
+        ports = _free_ports(5)
+        self.submission_port, self.submissions_port, self.imap_port, self.imaps_port = ports[:4]
+        self.submissions_35mb_port = ports[4]
         self.accounts = {
             local: MailAccount(f"{local}@{domain}", f"{local}-{secrets.token_urlsafe(9)}")
             for local, domain in USERS
@@ -356,7 +362,14 @@ class MailPeers:
         conf, queue = self._postfix_conf, self.workdir / "postfix" / "queue"
         for directory in (conf, queue, self._postfix_log.parent):
             directory.mkdir(parents=True)
-        mailboxes = ", ".join(f"{account.address}=ok" for account in self.accounts.values())
+        mailboxes = ", ".join(
+            [f"{account.address}=ok" for account in self.accounts.values()]
+            + [
+                f"{alias}={self.accounts[local].address.split('@')[1]}/{local}/Maildir/"
+                for alias, local in UTF8_ALIASES
+            ]
+        )
+        mail = pwd.getpwnam("mail")
         bcc = ", ".join(
             f"{self.accounts[local].address}={_detail(self.accounts[local].address, 'Sent')}"
             for local in sorted(SELF_FILING_USERS)
@@ -369,6 +382,10 @@ class MailPeers:
             log_dir=self._postfix_log.parent,
             mailboxes=mailboxes,
             sent_bcc=bcc,
+            utf8_transports=", ".join(f"{alias}=virtual:" for alias, _ in UTF8_ALIASES),
+            mail_base=self.workdir / "mail",
+            uid=mail.pw_uid,
+            gid=mail.pw_gid,
             lmtp=lmtp,
             key=key,
             cert=cert,
@@ -381,6 +398,9 @@ class MailPeers:
             f"{HOST}:{self.submissions_port} inet n - n - - smtpd\n"
             "  -o syslog_name=postfix/submissions\n  -o smtpd_tls_wrappermode=yes\n"
             "  -o smtpd_sasl_auth_enable=yes\n"
+            f"{HOST}:{self.submissions_35mb_port} inet n - n - - smtpd\n"
+            "  -o syslog_name=postfix/submissions35\n  -o smtpd_tls_wrappermode=yes\n"
+            f"  -o smtpd_sasl_auth_enable=yes\n  -o message_size_limit={GMAIL_SIZE}\n"
         )
         (conf / "main.cf").write_text(main)
         (conf / "master.cf").write_text(submission + "".join(f"{s}\n" for s in POSTFIX_SERVICES))
@@ -394,7 +414,7 @@ class MailPeers:
             log=self.workdir / "postfix" / "start.log",
             pid_file=queue / "pid" / "master.pid",
             program="master",
-            endpoints=(self.submission_port, self.submissions_port),
+            endpoints=(self.submission_port, self.submissions_port, self.submissions_35mb_port),
             diagnose=self._postfix_check,
         )
 
