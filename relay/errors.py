@@ -137,6 +137,16 @@ class QuotaExceeded(TemporaryFailure):
     """The provider's sending quota for the user is used up (Gmail 5.4.5): wait, do not bounce."""
 
 
+class Throttled(TemporaryFailure):
+    """The provider said how long to wait (HTTP 429/503 Retry-After): the mail waits that long."""
+
+    def __init__(
+        self, code: int, enhanced: str, text: str, retry_after: float, hint: str | None = None
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(code, enhanced, text, hint)
+
+
 class UpstreamTimeout(TemporaryFailure, TimeoutError):
     """The provider did not answer in time."""
 

@@ -13,7 +13,9 @@ import email.utils
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
+from relay.model import STREAM_THRESHOLD as STREAM_THRESHOLD  # the rooms read it from here
 from relay.model import User
 
 CRLF = b"\r\n"
@@ -57,6 +59,55 @@ class PreparedMessage:
     def size(self) -> int:
         """Bytes this message takes in the spool."""
         return len(self.upstream) + len(self.sent_header)
+
+
+class SpooledData(Protocol):
+    """Message data kept in the spool, not in memory: read back one piece at a time."""
+
+    @property
+    def size(self) -> int:
+        """Octets in all."""
+        ...
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to length octets from offset (fewer only at the end)."""
+        ...
+
+
+MessageData = bytes | SpooledData  # CRLF already (see prepare), whole or in the spool
+
+
+def data_size(data: MessageData) -> int:
+    """Octets of message data, wherever it is."""
+    return len(data) if isinstance(data, bytes) else data.size
+
+
+async def whole(data: MessageData) -> bytes:
+    """The data as one bytes object (for what needs it whole, such as a DSN quoting it)."""
+    if isinstance(data, bytes):
+        return data
+    pieces = [
+        await data.read(start, STREAM_THRESHOLD) for start in range(0, data.size, STREAM_THRESHOLD)
+    ]
+    return b"".join(pieces)
+
+
+def stuffed(piece: bytes, before: bytes) -> bytes:
+    """A piece of CRLF data dot-stuffed for DATA; before: the (up to) 2 octets preceding it.
+
+    RFC 5321 §4.5.2: a line that starts with a dot gets a second one. The data's start counts
+    as a line start (before=CRLF); a CRLF split between two pieces is seen through before.
+    """
+    if before.endswith(CRLF) and piece.startswith(b"."):
+        piece = b"." + piece
+    elif before.endswith(b"\r") and piece.startswith(b"\n."):
+        piece = b"\n.." + piece[2:]
+    return piece.replace(b"\r\n.", b"\r\n..") if b"\r\n." in piece else piece
+
+
+def end_of_data(last: bytes) -> bytes:
+    """What ends DATA after data whose last octets are last: the final CRLF is the data's own."""
+    return b".\r\n" if last.endswith(CRLF) else b"\r\n.\r\n"
 
 
 def normalise_line_endings(data: bytes) -> bytes:

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from relay.providers.presets import SentCopy
 
+# A mail whose DATA passes this many octets (its header complete) is written to the spool as it
+# arrives and read back from it in pieces of this size: only smaller mails are held whole.
+STREAM_THRESHOLD = 1 << 20
+
 
 class Secret:
     """A secret string that never shows itself in a repr, str or log line."""

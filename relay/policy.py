@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from relay.errors import PolicyRejection
-from relay.model import User
+from relay.model import STREAM_THRESHOLD, User
 from relay.providers.presets import mailbox_key
 
 Refusal = PolicyRejection | None
@@ -203,8 +203,9 @@ def message_size_limit(
         whose = f"relay's limits.max_data_in_memory (provider {provider!r} not asked yet)"
     if cap is not None and cap < base:
         return SizeLimit(cap, "relay's limits.max_message_bytes")
-    if memory < base:
-        # A mail past the in-memory budget could never be taken (452 for ever).
+    if memory < min(base, STREAM_THRESHOLD):
+        # A mail past the in-memory budget could never be taken (452 for ever); only one past
+        # STREAM_THRESHOLD is streamed to the spool instead of held.
         return SizeLimit(memory, "relay's limits.max_data_in_memory")
     return SizeLimit(base, whose)
 

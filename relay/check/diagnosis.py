@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from relay.check.graphstages import graph_stages, not_run_because
 from relay.check.mailstages import MailStages
 from relay.check.report import (
     STAGES,
@@ -27,11 +28,11 @@ from relay.check.report import (
     Status,
 )
 from relay.check.smtpstages import SmtpStages
-from relay.config.model import ProviderConfig, RelayConfig
+from relay.config.model import OAuthSettings, ProviderConfig, RelayConfig
 from relay.errors import AuthorizationNeeded, MasterKeyError, StoreError, UpstreamError
 from relay.model import OAuthGrant, UpstreamAuth, User
 from relay.providers.hints import find_rule
-from relay.providers.presets import email_fits
+from relay.providers.presets import Transport, email_fits
 from relay.sent.filing import plan_sent_copy
 from relay.tls import TlsContexts
 from relay.upstream.credentials import UpstreamSecret
@@ -89,17 +90,22 @@ async def run_check(
         )
         smtp, mail = SmtpStages(context), MailStages(context, send_to)
         connect, command = context.connect_timeout, context.timeout
-        stages: dict[str, tuple[Stage, float]] = {
-            "dns": (smtp.dns, connect),
-            "tcp": (smtp.tcp, connect),
-            "tls": (smtp.tls, connect + command),
-            "ehlo": (smtp.ehlo, command),
-            "auth": (smtp.auth, command),
-            "imap-login": (mail.imap_login, connect + 3 * command),
-            "sent-folder": (mail.sent_folder, 2 * command),
-            "send": (mail.send, connect + 6 * command),
-            "sent-copy": (mail.sent_copy, connect + 8 * command),
-        }
+        graph = provider.transport is Transport.GRAPH
+        stages: dict[str, tuple[Stage, float]] = (
+            graph_stages(context, send_to)
+            if graph
+            else {
+                "dns": (smtp.dns, connect),
+                "tcp": (smtp.tcp, connect),
+                "tls": (smtp.tls, connect + command),
+                "ehlo": (smtp.ehlo, command),
+                "auth": (smtp.auth, command),
+                "imap-login": (mail.imap_login, connect + 3 * command),
+                "sent-folder": (mail.sent_folder, 2 * command),
+                "send": (mail.send, connect + 6 * command),
+                "sent-copy": (mail.sent_copy, connect + 8 * command),
+            }
+        )
         try:
             for name, (stage, limit) in stages.items():
                 if results[-1].status is Status.FAIL:
@@ -110,7 +116,11 @@ async def run_check(
             await mail.close()
     ran = {result.name for result in results}
     not_run = [name for name in STAGES if name not in ran]
-    results += [StageResult(name, Status.SKIP, 0.0, "not run: a stage failed") for name in not_run]
+    graph = provider is not None and provider.transport is Transport.GRAPH
+    results += [
+        StageResult(name, Status.SKIP, 0.0, not_run_because(name, graph)) for name in not_run
+    ]
+    results.sort(key=lambda result: STAGES.index(result.name))  # the documented order
     return CheckReport(
         login=user.login,
         provider=user.provider,
@@ -234,9 +244,24 @@ async def _open_token(
         ) from None
     except UpstreamError as error:
         fix = error.hint or f"run 'relay user authorize {user.login}' if this persists"
-        raise StageFailure(error.text, error.text, fix=fix) from None
+        # An organisation credential's failure comes with its own fix; passwords' hints do not.
+        oauth2 = provider.oauth2 if provider is not None else None
+        organisation = oauth2 is not None and oauth2.organisation
+        raise StageFailure(error.text, error.text, fix=fix, hints=not organisation) from None
+    if provider is not None and provider.oauth2 is not None and provider.oauth2.organisation:
+        return organisation_token(provider.oauth2, user), opened
     grant = secrets.grant() or OAuthGrant(user.login, None)
     return _token_state(before, grant, provider), opened
+
+
+def organisation_token(settings: OAuthSettings, user: User) -> Found:
+    """What the oauth2 stage found for a user of an organisation credential: no grant."""
+    if settings.service_account_file is not None:
+        how = f"service account (domain-wide delegation) for {user.upstream_user}"
+    else:
+        how = f"app-only token of client {settings.client_id} (client credentials)"
+    facts: dict[str, object] = {"scopes": list(settings.scopes), "organisation": how}
+    return Found(f"got an access token: {how}; scopes {' '.join(settings.scopes)}", facts)
 
 
 def _token_state(

@@ -16,6 +16,7 @@ REPORT_VERSION = 1
 STAGES = (
     "config",
     "oauth2",
+    "graph",  # a Graph provider's token, permission and mailbox, in place of DNS to AUTH
     "dns",
     "tcp",
     "tls",

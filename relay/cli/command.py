@@ -11,6 +11,7 @@ from pathlib import Path
 from relay import __version__
 from relay.cli.check import add_check_command
 from relay.cli.common import UsageError, cli_config
+from relay.cli.demo import add_demo_command
 from relay.cli.queue import add_queue_commands
 from relay.cli.sendmail import add_sendmail_command
 from relay.cli.status import add_status_command
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_command(commands)
     add_queue_commands(commands.add_parser("queue", help="inspect and steer the mail queue"))
     add_status_command(commands)
+    add_demo_command(commands)
     add_sendmail_command(commands)
     return parser
 

@@ -58,16 +58,23 @@ def timestamp(seconds: float) -> str:
 USER_STATES = ("enabled", "disabled", "awaiting-check", "needs-authorize")
 
 
-def needs_authorization(user: User, grant: OAuthGrant | None) -> bool:
+def organisation_user(config: RelayConfig, user: User) -> bool:
+    """True when the user's provider gets their tokens from the organisation's credential."""
+    provider = config.providers.get(user.provider)
+    oauth2 = None if provider is None else provider.oauth2
+    return user.auth is UpstreamAuth.OAUTH2 and oauth2 is not None and oauth2.organisation
+
+
+def needs_authorization(user: User, grant: OAuthGrant | None, organisation: bool = False) -> bool:
     """True when an OAuth2 user cannot send until someone runs `relay user authorize`."""
-    if user.auth is not UpstreamAuth.OAUTH2:
+    if user.auth is not UpstreamAuth.OAUTH2 or organisation:
         return False
     return grant is None or grant.sealed_refresh is None or grant.needs_authorization is not None
 
 
-def user_state(user: User, grant: OAuthGrant | None) -> str:
+def user_state(user: User, grant: OAuthGrant | None, organisation: bool = False) -> str:
     """enabled, disabled, awaiting-check, or needs-authorize (an OAuth2 user without a grant)."""
-    if needs_authorization(user, grant):
+    if needs_authorization(user, grant, organisation):
         return "needs-authorize"
     if user.enabled:
         return "enabled"

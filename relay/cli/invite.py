@@ -29,6 +29,31 @@ def add_invite_command(users: argparse._SubParsersAction[argparse.ArgumentParser
 def cmd_user_invite(args: argparse.Namespace) -> int:
     """Create the user awaiting enrollment if new; print a link that works once."""
     config = cli_config(args)
+    link, user, created, expires = _invite(config, args)
+    print(link)
+    state = "created, awaiting enrollment" if created else "invited to enroll again"
+    print(
+        f"user {user.login}: {state}; the link works once, until {when(expires)}", file=sys.stderr
+    )
+    if not config.web.enabled:
+        print(
+            f"relay: warning: web.enabled is false in {config.source}: the link opens nothing "
+            "until the web pages are turned on",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def invitation(config: RelayConfig, login: str, provider: str | None, email: str) -> str:
+    """A one-time link for login, creating them with provider and email if they are new."""
+    args = argparse.Namespace(
+        login=login, provider=provider, email=email, display_name=None, upstream_user=None
+    )
+    return _invite(config, args)[0]
+
+
+def _invite(config: RelayConfig, args: argparse.Namespace) -> tuple[str, User, bool, float]:
+    """(the link, the user, whether they were created, when the link expires)."""
     base = page_url(config)
     with open_store(config) as (store, _):
         user = store.find_user(args.login)
@@ -41,18 +66,7 @@ def cmd_user_invite(args: argparse.Namespace) -> int:
             created = False
         token = store.invitations.issue(user.login, config.web.invite_lifetime)
         expires = store.invitations.pending()[user.login].expires_at
-    print(f"{base}/enroll/{token.reveal()}")
-    state = "created, awaiting enrollment" if created else "invited to enroll again"
-    print(
-        f"user {user.login}: {state}; the link works once, until {when(expires)}", file=sys.stderr
-    )
-    if not config.web.enabled:
-        print(
-            f"relay: warning: web.enabled is false in {config.source}: the link opens nothing "
-            "until the web pages are turned on",
-            file=sys.stderr,
-        )
-    return 0
+    return f"{base}/enroll/{token.reveal()}", user, created, expires
 
 
 def page_url(config: RelayConfig) -> str:

@@ -7,7 +7,7 @@ import os
 import time
 from collections import Counter
 
-from relay.cli.common import USER_STATES, user_state
+from relay.cli.common import USER_STATES, organisation_user, user_state
 from relay.config.load import config_path_from, load_config
 from relay.config.model import RelayConfig
 from relay.ops.status import read_delivery, read_status, uptime
@@ -37,7 +37,12 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
     try:
         users = store.list_users()
         checks = store.last_checks()
-        states = {user.login: user_state(user, store.grants.get(user.login)) for user in users}
+        states = {
+            user.login: user_state(
+                user, store.grants.get(user.login), organisation_user(config, user)
+            )
+            for user in users
+        }
     finally:
         store.close()
     with open_queue_admin(config.spool_path) as queue:

@@ -15,6 +15,7 @@ from relay.cli.common import (
     checked_email,
     cli_config,
     open_store,
+    organisation_user,
     timestamp,
     user_state,
 )
@@ -132,7 +133,11 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--oauth2: provider {provider.name!r} has no oauth2 section in {config.source}"
         )
-    password = None if args.oauth2 else read_password(args, f"upstream password for {email}: ")
+    # The organisation's app or service account logs in for everyone: no password, no sign-in.
+    organisation = provider.oauth2 is not None and provider.oauth2.organisation
+    given = args.password_file is not None or args.password_stdin
+    no_password = args.oauth2 or (organisation and not given)
+    password = None if no_password else read_password(args, f"upstream password for {email}: ")
     local_secret, local_hash = read_local_secret(args.local_password_file)
     domain = address_domain(email)
     mx_hosts = lookup_mx(domain) if provider.preset in MX_SUFFIXES else None
@@ -164,21 +169,25 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     announce_local_secret(login, local_secret, sys.stdout, sys.stderr)
     if awaiting:
         print(f"user {login}: disabled until 'relay check {login}' passes", file=sys.stderr)
-    if password is None:
+    if password is None and organisation:
+        note = f"user {login}: logs in with provider {provider.name}'s organisation credential"
+        print(note, file=sys.stderr)
+    elif password is None:
         print(f"user {login}: now run 'relay user authorize {login}' to sign in", file=sys.stderr)
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
     """Print one line per user."""
-    with open_store(cli_config(args)) as (store, _):
+    config = cli_config(args)
+    with open_store(config) as (store, _):
         users = store.list_users()
         checks = store.last_checks()
         grants = {user.login: store.grants.get(user.login) for user in users}
         invited = store.invitations.pending()
     print(f"{'LOGIN':<20} {'PROVIDER':<16} {'EMAIL':<32} {'STATE':<14} LAST CHECK")
     for user in users:
-        state = user_state(user, grants[user.login])
+        state = user_state(user, grants[user.login], organisation_user(config, user))
         if user.login in invited and user.local_hash == NO_LOCAL_SECRET:
             state = "awaiting-enrollment"  # `relay user invite` made them; the page waits
         check = _last_check(checks.get(user.login))
@@ -202,7 +211,8 @@ def cmd_user_show(args: argparse.Namespace) -> int:
         check = store.last_check(user.login)
         grant = store.grants.get(user.login)
     provider = config.providers.get(user.provider)
-    for label, value in describe_user(user, provider, check, grant):
+    organisation = organisation_user(config, user)
+    for label, value in describe_user(user, provider, check, grant, organisation):
         print(f"{label + ':':<18} {value}")
     return 0
 
@@ -212,8 +222,12 @@ def describe_user(
     provider: ProviderConfig | None = None,
     check: CheckRecord | None = None,
     grant: OAuthGrant | None = None,
+    organisation: bool = False,
 ) -> list[tuple[str, str]]:
     """Label/value pairs that describe a user without revealing any secret."""
+    login = describe_login(user, grant)
+    if organisation:
+        login = f"OAuth2, with the organisation credential of provider {user.provider}"
     local = "chosen (scrypt hash)" if is_slow_hash(user.local_hash) else "generated (sha256 hash)"
     local = "none yet (awaiting enrollment)" if user.local_hash == NO_LOCAL_SECRET else local
     return [
@@ -224,8 +238,8 @@ def describe_user(
         ("upstream user", user.upstream_user),
         ("aliases", ", ".join(user.aliases) or "-"),
         ("rewrite from", "yes" if user.rewrite_from else "no"),
-        ("state", user_state(user, grant)),
-        ("upstream login", describe_login(user, grant)),
+        ("state", user_state(user, grant, organisation)),
+        ("upstream login", login),
         ("local secret", local),
         ("sent copy", _describe_sent_copy(user, provider)),
         ("sent folder", user.sent_folder or "- (found by relay)"),

@@ -41,6 +41,7 @@ from relay.config.reader import (
 )
 from relay.config.web import web_config
 from relay.errors import ConfigError
+from relay.model import STREAM_THRESHOLD
 
 DEFAULT_CONFIG_PATH = Path("/etc/relay/config.yaml")
 
@@ -229,11 +230,13 @@ def _share(reader: Reader, s: Section, default: object, name: str) -> float:
 
 def _data_in_memory(reader: Reader, s: Section, default: LimitsConfig, largest: int | None) -> int:
     budget = _count(reader, s, default, "max_data_in_memory")
-    if largest is not None and budget < largest:
-        # A mail of the largest size allowed would then get 452 forever, however long it waits.
+    if largest is not None and budget < min(largest, STREAM_THRESHOLD):
+        # A mail of a size allowed would then get 452 forever, however long it waits; mail past
+        # STREAM_THRESHOLD is streamed to the spool, not held.
         reader.fail(
             s.key("max_data_in_memory"),
-            f"must be at least max_message_bytes ({largest}), got {budget}",
+            f"must be at least max_message_bytes ({largest}) or {STREAM_THRESHOLD} (above which "
+            f"mail is streamed to the spool), got {budget}",
         )
     return budget
 

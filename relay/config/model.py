@@ -12,7 +12,7 @@ from types import MappingProxyType
 from relay.config.addresses import is_loopback_address
 from relay.errors import OAuthError
 from relay.model import OAuthClient, Secret
-from relay.providers.presets import NO_PACE, Endpoint, Pace, SentCopy
+from relay.providers.presets import NO_PACE, Endpoint, Pace, SentCopy, Transport
 
 DEFAULT_STATE_DIR = Path("/var/lib/relay")
 DEFAULT_KEY_FILE = Path("/etc/relay/relay.key")
@@ -84,6 +84,10 @@ class ProviderConfig:
     # The largest mail this provider takes (the preset's documented figure, or set here), used
     # until relay has seen its EHLO's SIZE; None: not known.
     max_message_bytes: int | None = None
+    # SMTP, or Graph sendMail as the organisation's app (oauth2.app_only); graph_url is the
+    # Graph endpoint's base (https://graph.microsoft.com/v1.0 unless a test points elsewhere).
+    transport: Transport = Transport.SMTP
+    graph_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +262,17 @@ class OAuthSettings:
     redirect_host: str = "127.0.0.1"
     # From the preset, not a file key: what the provider needs to hand out a refresh token.
     authorize_params: tuple[tuple[str, str], ...] = ()
+    # An organisation credential instead of each user's sign-in: Microsoft's client
+    # credentials grant with client_secret_file (app_only), or a Google service account's
+    # key file with domain-wide delegation (RFC 7523). Both are read from their files when a
+    # token is asked for, never stored.
+    app_only: bool = False
+    service_account_file: Path | None = None
+
+    @property
+    def organisation(self) -> bool:
+        """True when no user signs in: the organisation's credential gets every token."""
+        return self.app_only or self.service_account_file is not None
 
     def client(self) -> OAuthClient:
         """The client for token requests, with the secret read from its file now."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
-from relay.config.addresses import is_loopback_address
 from relay.config.model import OAuthSettings
-from relay.config.reader import Reader, Section, plain, shown
+from relay.config.organisation import (
+    app_scopes,
+    https_or_loopback,
+    organisation_problems,
+    service_account,
+    tenant_problem,
+)
+from relay.config.reader import Reader, Section, or_default, plain, shown
 from relay.providers.presets import OAuthEndpoints
 
 REDIRECT_HOSTS = ("127.0.0.1", "localhost")
@@ -24,6 +29,8 @@ OAUTH_FILE_KEYS = (
     "device_url",
     "scopes",
     "redirect_host",
+    "app_only",
+    "service_account_file",
 )
 
 
@@ -35,56 +42,84 @@ def render_oauth(settings: OAuthSettings | None) -> object:
 
 
 def oauth_settings(
-    reader: Reader, provider: Section, preset_name: str | None, base: OAuthEndpoints | None
+    reader: Reader,
+    provider: Section,
+    preset_name: str | None,
+    base: OAuthEndpoints | None,
+    graph: bool = False,
 ) -> OAuthSettings | None:
     """The provider's oauth2 section, over the preset's endpoints; None if there is none."""
     if provider.get("oauth2") is None:
         return None
     s = reader.child(provider, "oauth2", OAUTH_FILE_KEYS)
+    app_only = or_default(reader.boolean(s, "app_only"), False)
+    account_file, account = service_account(reader, s)
+    organisation = app_only or s.get("service_account_file") is not None
     client_id = reader.text(s, "client_id")
-    if client_id is None and s.get("client_id") is None:
+    if account is not None and client_id is None:
+        client_id = account.client_id or account.client_email
+    if client_id is None and s.get("client_id") is None and account_file is None:
         reader.fail(s.key("client_id"), "required: the client id of relay's app registration")
     secret_file = reader.readable_file(s, "client_secret_file")
     if secret_file is not None and not secret_file.read_bytes().strip():
         reader.fail(s.key("client_secret_file"), f"file is empty: {secret_file}")
-    if base is not None and base.client_secret_required and s.get("client_secret_file") is None:
+    needs_secret = base is not None and base.client_secret_required and account_file is None
+    if needs_secret and s.get("client_secret_file") is None:
         why = f"required: preset {preset_name!r} wants the client secret of relay's registration"
         reader.fail(s.key("client_secret_file"), why)
+    organisation_problems(reader, s, app_only)
     redirect_host = reader.one_of(s, "redirect_host", REDIRECT_HOSTS)
-    tenant = _tenant(reader, s, base)
+    tenant = _tenant(reader, s, base, app_only)
     where = f"preset {preset_name!r} has" if preset_name else "there is no preset with"
     urls = {}
     for name in ("authorize_url", "token_url", "device_url"):
         preset_url = getattr(base, name) if base else None
+        if name == "token_url" and account is not None:
+            preset_url = account.token_uri  # the key file says where its assertions go
         url = _url(reader, s, name) if s.get(name) is not None else preset_url
-        if url is None and name != "device_url" and s.get(name) is None:
+        optional = name == "device_url" or (organisation and name == "authorize_url")
+        if url is None and not optional and s.get(name) is None:
             reader.fail(s.key(name), f"required: {where} no OAuth2 endpoints")
         urls[name] = None if url is None else url.replace("{tenant}", tenant or "")
-    scopes = _scopes(reader, s, base)
-    if client_id is None or urls["authorize_url"] is None or urls["token_url"] is None:
+    if organisation and s.get("scopes") is None:
+        scopes = app_scopes(reader, s, base, graph)
+    else:
+        scopes = _scopes(reader, s, base)
+    if client_id is None or urls["token_url"] is None:
+        return None
+    if urls["authorize_url"] is None and not organisation:
         return None
     return OAuthSettings(
         client_id=client_id,
         client_secret_file=secret_file,
         tenant=tenant,
-        authorize_url=urls["authorize_url"],
+        authorize_url=urls["authorize_url"] or "",
         token_url=urls["token_url"],
         device_url=urls["device_url"],
         scopes=scopes,
         redirect_host=redirect_host or (base.redirect_host if base else REDIRECT_HOSTS[0]),
         authorize_params=base.authorize_params if base else (),
+        app_only=app_only,
+        service_account_file=account_file,
     )
 
 
-def _tenant(reader: Reader, s: Section, base: OAuthEndpoints | None) -> str | None:
+def _tenant(reader: Reader, s: Section, base: OAuthEndpoints | None, app_only: bool) -> str | None:
     tenant = reader.text(s, "tenant")
     if tenant is not None and not _TENANT.fullmatch(tenant):
         why = f"expected a tenant id or domain such as contoso.onmicrosoft.com, got {tenant!r}"
         reader.fail(s.key("tenant"), why)
         return None
     templated = any("{tenant}" in str(s.get(n) or "") for n in ("authorize_url", "token_url"))
-    if tenant is not None and not templated and (base is None or base.default_tenant is None):
+    has_effect = templated or (base is not None and base.default_tenant is not None)
+    if tenant is not None and not has_effect:
         reader.fail(s.key("tenant"), "has no effect: no endpoint URL here has {tenant} in it")
+        return tenant
+    microsoft = base is not None and base.default_tenant is not None
+    problem = tenant_problem(tenant, app_only=app_only and has_effect, microsoft=microsoft)
+    if problem is not None:
+        reader.fail(s.key("tenant"), problem)
+        return None
     return tenant or (base.default_tenant if base else None)
 
 
@@ -93,10 +128,7 @@ def _url(reader: Reader, s: Section, name: str) -> str | None:
     url = reader.text(s, name)
     if url is None:
         return None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    local = parts.scheme == "http" and (host == "localhost" or is_loopback_address(host))
-    if not host or not (parts.scheme == "https" or local):
+    if not https_or_loopback(url):
         why = "expected an https:// URL (http:// only to a loopback address)"
         reader.fail(s.key(name), f"{why}, got {url!r}")
         return None

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from relay.config.delivery import max_connections, pace_setting
 from relay.config.model import ProviderConfig
 from relay.config.oauth import oauth_settings
+from relay.config.organisation import transport_setting
 from relay.config.reader import (
     Reader,
     Section,
@@ -26,6 +27,7 @@ from relay.providers.presets import (
     Preset,
     SentCopy,
     TlsMode,
+    Transport,
 )
 
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
@@ -73,9 +75,11 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
     sent_folder = reader.text(s, "sent_folder")
     # A host that files each submitted mail in Sent by itself (as Gmail does) says so here.
     files_sent_itself = reader.boolean(s, "files_sent_itself")
+    graph = s.get("transport") == Transport.GRAPH.value
     oauth2 = oauth_settings(
-        reader, s, preset.name if preset else None, preset.oauth2 if preset else None
+        reader, s, preset.name if preset else None, preset.oauth2 if preset else None, graph
     )
+    transport, graph_url = transport_setting(reader, s, oauth2)
     ceiling = max_connections(reader, s)
     pace = pace_setting(reader, s, preset.pace if preset else NO_PACE)
     if smtp is None:
@@ -100,6 +104,8 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         max_message_bytes=or_default(
             max_message_bytes, preset.max_message_bytes if preset else None
         ),
+        transport=transport,
+        graph_url=graph_url,
     )
 
 

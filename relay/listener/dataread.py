@@ -2,16 +2,30 @@
 
 aiosmtpd reads DATA one line at a time into a list of line objects and joins them: for a 10 MB
 mail that is 134,000 awaits and line objects that take twice the mail's size in memory.
+
+A mail is held in memory (within the DataBudget) until it passes STREAM_THRESHOLD with its header
+complete; from there its body goes to a staged file as it arrives (relay.queue.staging), and
+only the header stays in memory for relay's fix-ups (relay.message.prepare).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from collections.abc import Callable
 from enum import Enum
 
+from aiosmtpd.smtp import Envelope
+
+from relay.errors import RelayError, StoreError
+from relay.listener.params import RelayEnvelope
+from relay.message import STREAM_THRESHOLD, header_end, normalise_line_endings
 from relay.policy import SizeLimit, size_refusal
+from relay.queue.staging import StagedBody
 from relay.reply import LINE_TOO_LONG, LOCAL_ERROR, NO_DATA_MEMORY, TOO_MUCH_DATA, Reply
+
+logger = logging.getLogger(__name__)
 
 CRLF = b"\r\n"
 END_LINE = b".\r\n"
@@ -19,6 +33,8 @@ END_OF_DATA = CRLF + END_LINE
 # RFC 5321 §4.5.3.1.6: 1000 octets with CRLF, plus the transparency dot (aiosmtpd's limit).
 LINE_LIMIT = 1001
 _LINE_END = re.compile(rb"\r\n|\n|\r")
+STAGE_WRITE = 256 * 1024  # a streamed body goes to its staged file in pieces of about this size
+BLANK_LINE = CRLF + CRLF
 
 
 class DataProblem(Enum):
@@ -49,9 +65,18 @@ class DataBudget:
 
 
 class DataReader:
-    """Collects one DATA's content, dot-unstuffed, from raw pieces, and sees its end line."""
+    """Collects one DATA's content, dot-unstuffed, from raw pieces, and sees its end line.
 
-    def __init__(self, size_limit: int | None, budget: DataBudget) -> None:
+    Once streamed, the content held is the header made CRLF, and the body (made CRLF a piece
+    at a time: each piece ends at a line feed, so no CRLF is split) goes to the staged file.
+    """
+
+    def __init__(
+        self,
+        size_limit: int | None,
+        budget: DataBudget,
+        stage: Callable[[], StagedBody] | None = None,
+    ) -> None:
         self.problem: DataProblem | None = None
         self.size = 0  # octets of content on the wire, counted as aiosmtpd counts them
         self._size_limit = size_limit
@@ -60,6 +85,11 @@ class DataReader:
         self._pieces: list[bytes | bytearray] = []  # the content so far
         self._pending = bytearray()  # the line being received
         self._line_start = True  # whether _pending starts where a line starts
+        self._header_ended = False  # whether an empty line has come
+        self._tail = b""  # the last octets of the content so far, made CRLF
+        self._stage = stage  # makes a staged body for a mail past STREAM_THRESHOLD
+        self.staged: StagedBody | None = None  # the body, once streamed; _pieces: the header
+        self._unwritten = bytearray()  # body octets for staged, not yet written
 
     def feed(self, piece: bytes) -> bool:
         """Take the next raw piece; True once the end-of-data line has come."""
@@ -89,6 +119,7 @@ class DataReader:
         if self.problem is None:
             self.problem = problem
         self._pieces = []
+        self._unwritten = bytearray()
         self.release()
 
     def refusal(self, limit: SizeLimit | None) -> Reply:
@@ -100,14 +131,35 @@ class DataReader:
         return LOCAL_ERROR if self.problem is None else self.problem.value
 
     def content(self) -> bytes:
-        """The content collected, handed over once (the reader keeps no reference)."""
+        """The content collected (the header only, once streamed), handed over once."""
         content, self._pieces = b"".join(self._pieces), []
         return content
 
+    def fill(self, envelope: Envelope) -> None:
+        """Hand the content to the envelope, with the staged body of a streamed mail."""
+        envelope.content = envelope.original_content = self.content()
+        if isinstance(envelope, RelayEnvelope):
+            envelope.staged = self.staged
+        elif self.staged is not None:
+            raise RelayError("a streamed body needs relay's envelope")  # the header alone: never
+
+    @property
+    def unwritten(self) -> int:
+        """Octets of streamed body waiting to be written."""
+        return len(self._unwritten)
+
+    async def flush(self) -> None:
+        """Write the streamed body received so far to the staged file."""
+        if self.staged is not None and self._unwritten and self.problem is None:
+            piece, self._unwritten = self._unwritten, bytearray()
+            await self.staged.write(piece)
+
     def release(self) -> None:
-        """Give the octets held back to the budget (the content is no longer needed)."""
+        """Give the octets held back to the budget, and drop a staged body the spool has not."""
         self._budget.give_back(self._reserved)
         self._reserved = 0
+        if self.staged is not None:
+            self.staged.discard()
 
     def _take(self, lines: bytearray, at_line_start: bool) -> None:
         """Keep complete lines, each ending in CRLF or a bare LF; at_line_start: after a CRLF."""
@@ -116,22 +168,77 @@ class DataReader:
             self.refuse(DataProblem.TOO_MUCH)
         if self.problem is not None:
             return
-        # RFC 5321 §4.5.3.1.6 counts a line with its CRLF: a line that ends otherwise (bare LF,
-        # bare CR) counts as it will once relay has made that ending a CRLF.
-        if max(map(len, _LINE_END.split(lines))) + len(CRLF) > LINE_LIMIT:
+        crlf = lines.count(CRLF)
+        clean = lines.count(b"\n") == crlf and lines.count(b"\r") == crlf  # CRLF only
+        if _longest_line_over_limit(lines, clean):
             self.refuse(DataProblem.TOO_LONG)
+            return
+        # RFC 5321 §4.5.2: a line starting with a dot had one more dot added by the client.
+        if at_line_start and lines.startswith(b"."):
+            del lines[0]
+        if b"\r\n." in lines:
+            lines = lines.replace(b"\r\n.", CRLF)
+        if self.staged is not None:
+            self._unwritten += lines if clean else normalise_line_endings(bytes(lines))
             return
         if not self._budget.take(len(lines)):
             # RFC 5321 §4.5.3.1.10: out of room is temporary; the app retries later.
             self.refuse(DataProblem.NO_ROOM)
             return
         self._reserved += len(lines)
-        # RFC 5321 §4.5.2: a line starting with a dot had one more dot added by the client.
-        if at_line_start and lines.startswith(b"."):
-            del lines[0]
-        if b"\r\n." in lines:
-            lines = lines.replace(b"\r\n.", CRLF)
+        self._see_header_end(lines)
         self._pieces.append(lines)
+        if self._reserved > STREAM_THRESHOLD and self._header_ended:
+            self._start_streaming()
+
+    def _see_header_end(self, lines: bytearray) -> None:
+        """Note whether the header block has ended (an empty line, as relay.message reads it)."""
+        if self._header_ended:
+            return
+        # Made CRLF as relay.message.prepare will (no copy when it is CRLF already).
+        piece = normalise_line_endings(bytes(lines))
+        self._header_ended = (self._tail + piece).find(BLANK_LINE) >= 0 or (
+            not self._reserved - len(lines) and piece.startswith(CRLF)
+        )
+        self._tail = piece[-3:]
+
+    def _start_streaming(self) -> None:
+        """Past the threshold: keep the header in memory, and send the body to a staged file."""
+        if self._stage is None:
+            return
+        try:
+            self.staged = self._stage()
+        except StoreError as error:
+            logger.warning("data.staging_failed error=%s (held in memory instead)", error)
+            self._stage = None
+            return
+        content = normalise_line_endings(b"".join(self._pieces))
+        head_end = header_end(content)
+        self._pieces = [content[:head_end]]
+        self._unwritten = bytearray(content[head_end:])
+        # Only the header counts against the budget from now on.
+        self._budget.give_back(self._reserved - head_end)
+        self._reserved = head_end
+
+
+def _longest_line_over_limit(lines: bytearray, clean: bool) -> bool:
+    """Whether a line passes LINE_LIMIT octets with its CRLF (RFC 5321 §4.5.3.1.6).
+
+    clean: every line ends in CRLF (each CR and LF is part of one).
+    """
+    if not clean:
+        # A line that ends otherwise (bare LF, bare CR) counts as it will once relay has made
+        # that ending a CRLF.
+        return max(map(len, _LINE_END.split(lines))) + len(CRLF) > LINE_LIMIT
+    # CRLF only: from each line start, the window of LINE_LIMIT octets must hold a line feed;
+    # the window's last one starts the next window. A few steps per kilobyte, not one per line.
+    start, end = 0, len(lines)
+    while start < end:
+        feed = lines.rfind(b"\n", start, start + LINE_LIMIT)
+        if feed < 0:
+            return True
+        start = feed + 1
+    return False
 
 
 async def read_data(stream: asyncio.StreamReader, reader: DataReader) -> None:
@@ -143,4 +250,7 @@ async def read_data(stream: asyncio.StreamReader, reader: DataReader) -> None:
             # No end line starts in the first `consumed` octets: take them as they are.
             piece = await stream.read(overrun.consumed)
         if reader.feed(piece):
+            await reader.flush()
             return
+        if reader.unwritten >= STAGE_WRITE:
+            await reader.flush()  # before reading on: the staged file paces the client

@@ -205,7 +205,7 @@ def pick_user(
         known = sorted({a for u, _ in candidates for a in u.sender_addresses})
         return unknown_sender_refusal(address, known)
     _send_as(session, owner)
-    logger.info("mail.user session=%s via=sender user=%s", server.session_id, owner.login)
+    logger.debug("mail.user session=%s via=sender user=%s", server.session_id, owner.login)
     return owner, address
 
 

@@ -272,8 +272,15 @@ class RelayHandler(HookTable):
             own = server.config.users.get(user.login)
             verdict = wants_verdict(server.listener.reply, own.reply if own else None)
             params = envelope.params() if isinstance(envelope, RelayEnvelope) else NO_PARAMS
+            # A large mail's body was staged as it arrived: prepared holds its header.
+            staged = envelope.staged if isinstance(envelope, RelayEnvelope) else None
             result = await server.services.runner.accept(
-                user, prepared, list(envelope.rcpt_tos), verdict=verdict, params=params
+                user,
+                prepared,
+                list(envelope.rcpt_tos),
+                verdict=verdict,
+                params=params,
+                staged=staged,
             )
             reply = answer(result)
         except RelayError as error:
@@ -286,7 +293,8 @@ class RelayHandler(HookTable):
             reply = LOCAL_ERROR
         if reply.positive:
             self.sends.record(user.login, time.time())
-        logger.info(
+        # At DEBUG: the one INFO line per mail is delivery.attempt, which says what ops need.
+        logger.debug(
             "message.reply session=%s user=%s msg_id=%s rcpts=%d reply=%r",
             server.session_id,
             user.login,
@@ -323,7 +331,7 @@ def _size_or_utf8_refusal(
 
 
 def _logged_in(server: RelaySMTP, user: User) -> AuthResult:
-    logger.info("auth.ok session=%s login=%s", server.session_id, user.login)
+    logger.debug("auth.ok session=%s login=%s", server.session_id, user.login)
     return AuthResult(success=True, auth_data=user)
 
 

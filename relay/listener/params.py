@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiosmtpd.smtp import Envelope
 
 from relay.model import EnvelopeParams, Notify, RecipientNotice
+from relay.queue.staging import StagedBody
 from relay.reply import Reply, dsn_parameter_problem
 
 MAIL_DSN_KEYS = frozenset({"RET", "ENVID"})
@@ -114,6 +115,8 @@ class RelayEnvelope(Envelope):
         self.ret: str | None = None
         self.envid: str | None = None
         self.notices: list[tuple[str, RecipientNotice]] = []
+        # A large mail's body, staged as it arrived (relay.listener.dataread); content: its header.
+        self.staged: StagedBody | None = None
 
     def params(self) -> EnvelopeParams:
         """What of this envelope must survive the spool and reach the provider."""

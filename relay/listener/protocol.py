@@ -120,7 +120,7 @@ class RelaySMTP(SMTP):
         if first:
             self.services.ops.metrics.session_opened()
             self.tracker.add(self)
-            logger.info("session.start session=%s peer=%s", self.session_id, _peer(self.session))
+            logger.debug("session.start session=%s peer=%s", self.session_id, _peer(self.session))
             # A deadline from connecting, not an idle timer: commands before AUTH do not extend
             # it, so a client that never logs in cannot hold a slot with NOOPs (issue 21).
             self.auth_deadline = asyncio.get_running_loop().call_later(
@@ -132,7 +132,7 @@ class RelaySMTP(SMTP):
             return
         if self.auth_deadline is not None:
             self.auth_deadline.cancel()
-        logger.info(
+        logger.debug(
             "session.end session=%s seconds=%.3f", self.session_id, time.monotonic() - self.opened
         )
         self.tracker.discard(self)
@@ -309,7 +309,8 @@ class RelaySMTP(SMTP):
             return
         await self.push(START_DATA.line)
         limit = self.size_limit
-        reader = DataReader(limit.octets if limit else None, self.tracker.data_budget)
+        budget, stage = self.tracker.data_budget, self.services.runner.stage
+        reader = DataReader(limit.octets if limit else None, budget, stage)
         try:
             try:
                 await read_data(self._reader, reader)
@@ -320,7 +321,7 @@ class RelaySMTP(SMTP):
                 self.envelope = self._create_envelope()
                 await self.push(reader.refusal(limit).line)
                 return
-            self.envelope.content = self.envelope.original_content = reader.content()
+            reader.fill(self.envelope)
             status = await self._call_handler_hook("DATA")
         finally:
             reader.release()

@@ -12,6 +12,7 @@ from relay.config.model import OAuthSettings
 from relay.errors import AuthorizationNeeded, GrantRevoked, OAuthError, RelayError, TemporaryFailure
 from relay.model import OAuthGrant, Secret, User
 from relay.oauth.client import TokenEndpoint, TokenGrant
+from relay.oauth.organisation import OrganisationTokens
 from relay.state.grants import REFRESH_TOKEN_FIELD
 from relay.state.keys import MasterKey
 from relay.state.sealing import account_context, open_secret, user_context
@@ -68,6 +69,16 @@ class AccessTokens:
         self._cache: dict[str, _Cached] = {}
         self._refreshing: dict[str, asyncio.Task[Secret]] = {}
         self.refreshes = 0
+        # Providers whose organisation credential gets every token: no grant, no sign-in.
+        self.organisation = OrganisationTokens(
+            self.endpoint, on_secret=on_secret, on_failed=on_refresh_failed
+        )
+
+    def endpoint(self) -> TokenEndpoint:
+        """The token endpoint client, made at its first use and shared with organisation."""
+        if self._endpoint is None:
+            self._endpoint = self._new_endpoint()
+        return self._endpoint
 
     async def bearer(self, login: str, provider: str, settings: OAuthSettings) -> Secret:
         """A token good for a while yet; AuthorizationNeeded if a person must sign in again."""
@@ -124,9 +135,7 @@ class AccessTokens:
         )
         self._on_secret(refresh_token)
         try:
-            if self._endpoint is None:
-                self._endpoint = self._new_endpoint()
-            fresh = await self._endpoint.refresh(settings.client(), refresh_token)
+            fresh = await self.endpoint().refresh(settings.client(), refresh_token)
         except GrantRevoked as error:
             self._on_refresh_failed(provider)
             reason = f"the provider answered invalid_grant: {error.description or 'no detail'}"

@@ -15,6 +15,15 @@ class TlsMode(enum.Enum):
     STARTTLS = "starttls"
 
 
+class Transport(enum.Enum):
+    """How relay hands a mail to the provider."""
+
+    SMTP = "smtp"  # SMTP submission, logged in as the user (password, XOAUTH2)
+    # Microsoft Graph sendMail with the MIME message (for tenants with SMTP AUTH off); the
+    # provider files the Sent copy itself (saveToSentItems).
+    GRAPH = "graph"
+
+
 class SentCopy(enum.Enum):
     """Whether relay APPENDs a copy of each sent mail to the user's Sent folder."""
 
@@ -47,6 +56,9 @@ class OAuthEndpoints:
     # Google takes any port on 127.0.0.1 for its desktop clients (RFC 8252 §7.3).
     redirect_host: str = "127.0.0.1"
     client_secret_required: bool = False
+    # What an organisation credential asks for: Microsoft's client credentials grant takes
+    # only RESOURCE/.default; a Google service account names the scopes it was delegated.
+    app_scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +130,8 @@ _GOOGLE_OAUTH = OAuthEndpoints(
     authorize_params=(("access_type", "offline"), ("prompt", "consent")),
     # Google's token endpoint wants the desktop client's secret (not a secret in practice).
     client_secret_required=True,
+    # A service account with domain-wide delegation, for SMTP and IMAP alike [2].
+    app_scopes=("https://mail.google.com/",),
 )
 # Microsoft identity platform v2 endpoints with the Exchange Online scopes for SMTP AUTH and
 # IMAP [28]; offline_access is what yields a refresh token.
@@ -133,7 +147,13 @@ _MICROSOFT_OAUTH = OAuthEndpoints(
     ),
     default_tenant="common",
     redirect_host="localhost",
+    # Client credentials for SMTP.SendAsApp and IMAP.AccessAsApp: the Exchange Online resource
+    # with /.default (Microsoft, "Authenticate an IMAP, POP or SMTP connection using OAuth").
+    app_scopes=("https://outlook.office365.com/.default",),
 )
+# Graph sendMail as the app (application permission Mail.Send): the Graph resource's .default.
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+GRAPH_URL = "https://graph.microsoft.com/v1.0"
 
 _ALL = (
     Preset(

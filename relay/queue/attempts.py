@@ -18,19 +18,24 @@ from relay.errors import (
     UpstreamError,
     smtp_reply,
 )
+from relay.message import MessageData, whole
 from relay.model import NO_PARAMS, EnvelopeParams, User
 from relay.ops.channels import Ops
+from relay.providers.presets import GRAPH_URL, Transport
 from relay.queue.records import QueueEntry
 from relay.queue.spool import Spool
 from relay.reply import Reply, provider_not_configured
 from relay.state.store import Store
+from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount
 from relay.upstream.credentials import Credentials, UpstreamSecret
+from relay.upstream.graph import GraphAccount, GraphTransport
 from relay.upstream.pool import UpstreamPool
 from relay.upstream.replies import refusal_reply
 from relay.upstream.sasl import bearer_refused_fix
 
 logger = logging.getLogger("relay.attempts")  # the name shows in log lines: kept from 0.1
+LOGGED_RECIPIENTS = 5  # the addresses a delivery.attempt line names; then "+N"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ class Verdict:
     error: UpstreamError | None
     remote: str
     user: User | None  # as the attempt found them; None once the user is gone
+    size: int | None = None  # octets sent, where the attempt had the mail in memory
 
 
 class Attempts:
@@ -61,6 +67,7 @@ class Attempts:
         self._pool = pool
         self._spool = spool
         self._ops = ops
+        self._graph: GraphTransport | None = None  # made for the first Graph provider's mail
 
     @property
     def config(self) -> RelayConfig:
@@ -81,7 +88,7 @@ class Attempts:
             found, provider = self._usable(user, entry.login)
             remote = provider.smtp.host
             outcome = await self._deliver(entry, data, found, provider)
-            return Verdict(outcome, None, remote, user)
+            return Verdict(outcome, None, remote, user, len(data) if data is not None else None)
         except RelayError as error:
             if not isinstance(error, UpstreamError | PolicyRejection):
                 logger.warning("delivery.local_error id=%s error=%s", entry.id, error)
@@ -99,14 +106,16 @@ class Attempts:
     async def _deliver(
         self, entry: QueueEntry, data: bytes | None, user: User, provider: ProviderConfig
     ) -> SendOutcome:
-        if data is None:
-            data = await self._spool.read_data(entry.id)
-        if data is None:
+        # A large mail is read from the spool a piece at a time as it goes out, never whole.
+        found: MessageData | None = data
+        if found is None:
+            found = await self._spool.open_data(entry.id)
+        if found is None:
             raise PolicyRejection(451, "4.3.0", "message data missing from the spool")
         opened = await self._credentials.open(user, provider)
         try:
             return await self._send(
-                user, provider, opened, entry.sender, entry.pending, data, entry.params
+                user, provider, opened, entry.sender, entry.pending, found, entry.params
             )
         except LoginRefused:
             # An access token may die before its expiry (revoked, clock skew): one fresh
@@ -114,7 +123,7 @@ class Attempts:
             if not self._credentials.refused(user, opened):
                 raise
             opened = await self._credentials.open(user, provider)
-            return await self._send_bearer(user, provider, opened, entry, data)
+            return await self._send_bearer(user, provider, opened, entry, found)
 
     def _usable(self, user: User | None, login: str) -> tuple[User, ProviderConfig]:
         if user is None:
@@ -130,7 +139,7 @@ class Attempts:
         provider: ProviderConfig,
         opened: UpstreamSecret,
         entry: QueueEntry,
-        data: bytes,
+        data: MessageData,
     ) -> SendOutcome:
         try:
             return await self._send(
@@ -150,9 +159,11 @@ class Attempts:
         opened: UpstreamSecret,
         sender: str,
         recipients: list[str],
-        data: bytes,
+        data: MessageData,
         params: EnvelopeParams = NO_PARAMS,
     ) -> SendOutcome:
+        if provider.transport is Transport.GRAPH:
+            return await self._send_graph(user, provider, opened, recipients, await whole(data))
         account = UpstreamAccount(
             provider.smtp, user.upstream_user, opened.secret, provider.ca_file, opened.bearer
         )
@@ -164,16 +175,35 @@ class Attempts:
             key, account, sender, recipients, data, ceiling=ceiling, params=params
         )
 
+    async def _send_graph(
+        self,
+        user: User,
+        provider: ProviderConfig,
+        opened: UpstreamSecret,
+        recipients: list[str],
+        data: bytes,
+    ) -> SendOutcome:
+        """Graph sendMail as the user's mailbox (upstream_user), with the app's token."""
+        if self._graph is None:
+            upstream = self.config.upstream
+            self._graph = GraphTransport(TlsContexts(), upstream.connect_timeout, upstream.timeout)
+        base = provider.graph_url or GRAPH_URL
+        account = GraphAccount(base, user.upstream_user, opened.secret, provider.ca_file)
+        return await self._graph.send(account, recipients, data)
+
     def log(self, entry: QueueEntry, verdict: Verdict, delay: float) -> None:
         """Log the attempt's delivery.attempt line and count it in the metrics."""
         self._count(entry, verdict)
         outcome = verdict.outcome
+        # The one INFO line a mail gets (issue 19): the rest of its story is at DEBUG.
         logger.info(
-            "delivery.attempt id=%s user=%s msg_id=%s attempt=%d delivered=%d deferred=%d "
-            "failed=%d reply=%r next_in=%s seconds=%.3f",
+            "delivery.attempt id=%s user=%s msg_id=%s to=%s size=%s attempt=%d delivered=%d "
+            "deferred=%d failed=%d reply=%r next_in=%s seconds=%.3f",
             entry.id,
             entry.login,
             entry.message_id,
+            _addresses({**outcome.delivered, **outcome.deferred, **outcome.failed}),
+            "-" if verdict.size is None else verdict.size,
             entry.attempts,
             len(outcome.delivered),
             len(outcome.deferred),
@@ -197,6 +227,12 @@ class Attempts:
             metrics.mail_deferred(entry.login, provider)
         if outcome.failed:
             metrics.mail_bounced(entry.login, provider)
+
+
+def _addresses(recipients: dict[str, Reply]) -> str:
+    shown = ",".join(list(recipients)[:LOGGED_RECIPIENTS]) or "-"
+    more = len(recipients) - LOGGED_RECIPIENTS
+    return f"{shown},+{more}" if more > 0 else shown
 
 
 def summary(verdict: Verdict) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from relay.config.delivery import pace_for
 from relay.config.live import LiveConfig
 from relay.config.model import RelayConfig
-from relay.errors import DeliveryInDoubt, QuotaExceeded, StoreError, TemporaryFailure
+from relay.errors import DeliveryInDoubt, QuotaExceeded, StoreError, TemporaryFailure, Throttled
 from relay.model import User
 from relay.ops.channels import Ops
 from relay.queue.attempts import Attempts, Verdict, app_refusal, summary
@@ -127,6 +127,11 @@ class Delivery:
         delay = retry_delay(entry.attempts + 1, self.config.queue, self._random.uniform(-1, 1))
         if isinstance(verdict.error, QuotaExceeded):
             delay = max(delay, QUOTA_PAUSE)
+        if isinstance(verdict.error, Throttled):
+            # The provider said how long (Graph's Retry-After): exactly that, for the user's
+            # other mail too, since the provider counts per mailbox.
+            delay = verdict.error.retry_after
+            self._pacer.close(entry.login, delay, verdict.error.reply.line)
         outcome = verdict.outcome
         # Decide who hears about failures before the outcome is written, so the deadline
         # cannot slip in between: either the waiting app hears the 5xx, or the sender gets

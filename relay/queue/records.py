@@ -7,6 +7,7 @@ from enum import Enum
 
 from relay.model import NO_PARAMS, EnvelopeParams
 from relay.queue.sentjobs import SentJobSpec
+from relay.queue.staging import StagedBody
 from relay.reply import Reply
 
 
@@ -27,13 +28,20 @@ class NewMessage:
     sender: str
     message_id: str
     recipients: tuple[str, ...]
-    upstream_data: bytes
+    upstream_data: bytes  # with staged: the header block only, and the body follows from there
     body_offset: int  # where the body starts in upstream_data; the Sent copy shares it
     sent_header: bytes
     received_at: float
     is_bounce: bool = False
     fingerprint: str | None = None  # set when duplicate submissions should be recognised
     params: EnvelopeParams = NO_PARAMS  # SMTPUTF8 and DSN requests, for every attempt
+    # A large mail's body, staged while it arrived; the spool copies it in and closes it.
+    staged: StagedBody | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def in_memory(self) -> bytes | None:
+        """The whole upstream data if it is in memory (not staged), for the first attempt."""
+        return self.upstream_data if self.staged is None else None
 
     def entry(self) -> QueueEntry:
         """The queue entry this message has once committed, before any attempt."""

@@ -29,6 +29,7 @@ from relay.queue.results import AlreadyAccepted, Handed, Queued, Refused, Spoole
 from relay.queue.retry import is_expired, needs_delay_warning
 from relay.queue.sentcopies import SentCopies
 from relay.queue.spool import Spool, fingerprint
+from relay.queue.staging import StagedBody
 from relay.reply import NO_STORAGE
 from relay.state.store import Store
 from relay.state.writer import StoreWriter
@@ -118,14 +119,16 @@ class QueueRunner:
         *,
         verdict: bool = True,
         params: EnvelopeParams = NO_PARAMS,
+        staged: StagedBody | None = None,
     ) -> Handed:
         """Spool a message durably and try it once; with verdict, say what the provider said.
 
         Without verdict (spool mode) the app hears 250 as soon as the mail is committed, and a
-        refusal reaches the sender as a DSN, as for any retry.
+        refusal reaches the sender as a DSN, as for any retry. staged: the body of a large mail,
+        written while it arrived (prepared then holds its header); the spool adopts it.
         """
         queue = self.config.queue
-        size = prepared.size
+        size = prepared.size + (staged.size if staged is not None else 0)
         if self.pause.paused:
             return Refused(NO_STORAGE)
         if shutil.disk_usage(self._spool.path.parent).free - size < queue.min_free_bytes:
@@ -148,6 +151,7 @@ class QueueRunner:
             if prepared.app_message_id
             else None,
             params=params,
+            staged=staged.hand_over() if staged is not None else None,
         )
         try:
             stored = await self._spool.enqueue(message, queue.duplicate_window)
@@ -164,7 +168,7 @@ class QueueRunner:
             )
             return AlreadyAccepted(prepared.message_id)
         self._ops.metrics.mail_accepted(user.login, user.provider)
-        logger.info(
+        logger.debug(
             "queue.accepted id=%s user=%s msg_id=%s rcpts=%d size=%d",
             queue_id,
             user.login,
@@ -182,6 +186,10 @@ class QueueRunner:
             handoff.client_waiting = False
             return Queued(queue_id, "the provider is slow")
         return (await task).result
+
+    def stage(self) -> StagedBody:
+        """A staged body for a large mail as it arrives (accept's staged)."""
+        return self._spool.stage()
 
     # -- the retry loop ------------------------------------------------------------------------
 
@@ -355,9 +363,7 @@ class QueueRunner:
 
     async def _first_attempt(self, message: NewMessage, handoff: Handoff, user: User) -> Settled:
         try:
-            return await self._delivery.settle(
-                message.entry(), handoff, message.upstream_data, user
-            )
+            return await self._delivery.settle(message.entry(), handoff, message.in_memory, user)
         finally:
             self._inflight.discard(message.id)
 

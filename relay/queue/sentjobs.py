@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
+from relay.message import STREAM_THRESHOLD, MessageData
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent_jobs (
     id            TEXT PRIMARY KEY,
@@ -40,22 +42,48 @@ class SentJob:
     plan: str
     attempts: int
     last_error: str
-    data: bytes = field(repr=False)
+    data: MessageData = field(repr=False)  # a large copy is read from the spool in pieces
+
+
+@dataclass(frozen=True, slots=True)
+class SentJobRow:
+    """A job as stored: its data whole when small, else where to read it (rowid, size)."""
+
+    job: SentJob
+    rowid: int
+    size: int
 
 
 def insert_from_message(db: sqlite3.Connection, seq: int, spec: SentJobSpec, now: float) -> None:
     """Create a job from a spooled message: its Sent header (with Bcc) and its body."""
     row = db.execute(
-        "SELECT login, message_id, sent_header, data, body_offset FROM messages "
+        "SELECT login, message_id, sent_header, body_offset, length(data) FROM messages "
         "JOIN bodies ON message_seq = seq WHERE seq = ?",
         (seq,),
     ).fetchone()
-    login, message_id, sent_header, upstream, offset = row
-    db.execute(
+    login, message_id, sent_header, offset, size = row
+    header = bytes(sent_header)
+    values = (spec.id, login, message_id, now, spec.plan, now)
+    insert = (
         "INSERT OR IGNORE INTO sent_jobs (id, login, message_id, sent_at, plan, next_attempt, "
-        "data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (spec.id, login, message_id, now, spec.plan, now, bytes(sent_header) + upstream[offset:]),
+        "data) VALUES (?, ?, ?, ?, ?, ?, "
     )
+    if size <= STREAM_THRESHOLD:
+        [upstream] = db.execute("SELECT data FROM bodies WHERE message_seq = ?", (seq,)).fetchone()
+        db.execute(insert + "?)", (*values, header + upstream[offset:]))
+        return
+    # A large body is copied a piece at a time, from blob to blob: never whole in memory.
+    cursor = db.execute(insert + "zeroblob(?))", (*values, len(header) + size - offset))
+    if cursor.rowcount == 0 or cursor.lastrowid is None:
+        return
+    with (
+        db.blobopen("bodies", "data", seq, readonly=True) as source,
+        db.blobopen("sent_jobs", "data", cursor.lastrowid) as copy,
+    ):
+        copy.write(header)
+        for start in range(offset, size, STREAM_THRESHOLD):
+            source.seek(start)
+            copy.write(source.read(min(STREAM_THRESHOLD, size - start)))
 
 
 def select_due_jobs(db: sqlite3.Connection, now: float) -> list[str]:
@@ -66,17 +94,20 @@ def select_due_jobs(db: sqlite3.Connection, now: float) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def select_job(db: sqlite3.Connection, job_id: str) -> SentJob | None:
-    """One job with its data."""
+def select_job(db: sqlite3.Connection, job_id: str) -> SentJobRow | None:
+    """One job, with its data if it is small (else b"": read it by rowid in pieces)."""
     row = db.execute(
-        "SELECT id, login, message_id, sent_at, plan, attempts, last_error, data "
-        "FROM sent_jobs WHERE id = ?",
-        (job_id,),
+        "SELECT id, login, message_id, sent_at, plan, attempts, last_error, rowid, length(data), "
+        "CASE WHEN length(data) <= ? THEN data END FROM sent_jobs WHERE id = ?",
+        (STREAM_THRESHOLD, job_id),
     ).fetchone()
     if row is None:
         return None
-    job_id, login, message_id, sent_at, plan, attempts, last_error, data = row
-    return SentJob(job_id, login, message_id, sent_at, plan, attempts, last_error, bytes(data))
+    job_id, login, message_id, sent_at, plan, attempts, last_error, rowid, size, data = row
+    job = SentJob(
+        job_id, login, message_id, sent_at, plan, attempts, last_error, bytes(data or b"")
+    )
+    return SentJobRow(job, rowid, size)
 
 
 def count_jobs(db: sqlite3.Connection) -> int:

@@ -15,11 +15,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import cast
 
 from relay.errors import StoreError
+from relay.message import STREAM_THRESHOLD, MessageData
+from relay.queue.bodies import read_blob, select_body, select_data
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
 from relay.queue.schema import checkpoint, open_database
 from relay.queue.sentjobs import (
@@ -30,6 +33,7 @@ from relay.queue.sentjobs import (
     select_due_jobs,
     select_job,
 )
+from relay.queue.staging import StagedBody, clean_incoming, incoming_dir
 from relay.queue.statements import (
     R,
     Write,
@@ -43,7 +47,6 @@ from relay.queue.statements import (
     make_due,
     postpone_user,
     run_batch,
-    select_data,
     select_deferred_logins,
     select_due,
     select_entries,
@@ -68,18 +71,29 @@ class Spool:
         self._db = db
         self._pending: list[tuple[Write[object], asyncio.Future[object]]] = []
         self._flushing: asyncio.Task[None] | None = None
+        # Writes of staged bodies: off the event loop, and never queued behind a group commit.
+        self._staging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging")
 
     @classmethod
     def open(cls, path: Path) -> Spool:
-        """Open (creating, 0600) the spool database."""
+        """Open (creating, 0600) the spool database; remove what a crash left in staging."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         db = executor.submit(open_database, path).result()
+        clean_incoming(path)
         return cls(path, executor, db)
 
     def close(self) -> None:
         """Close the database; waits for the writer thread."""
+        self._staging.shutdown(wait=True)
         self._executor.submit(self._db.close).result()
         self._executor.shutdown(wait=True)
+
+    def stage(self) -> StagedBody:
+        """A new staged body for a large mail arriving; enqueue adopts it, close discards it."""
+        try:
+            return StagedBody(incoming_dir(self.path), self._staging)
+        except OSError as error:
+            raise StoreError(f"cannot stage mail data: {error}") from None
 
     async def _run(self, function: Callable[..., R], *args: object) -> R:
         loop = asyncio.get_running_loop()
@@ -119,6 +133,17 @@ class Spool:
     async def read_data(self, message_id: str) -> bytes | None:
         """The upstream bytes of a queued message, or None if it is gone."""
         return await self._run(select_data, self._db, message_id)
+
+    async def open_data(self, message_id: str) -> MessageData | None:
+        """A queued message's upstream data: whole if small, else read in pieces; None if gone."""
+        row = await self._run(select_body, self._db, message_id, STREAM_THRESHOLD)
+        if row is None:
+            return None
+        return row.data if row.data is not None else SpoolBlob(self, "bodies", row.rowid, row.size)
+
+    async def read_blob(self, table: str, rowid: int, offset: int, length: int) -> bytes:
+        """Octets of a stored body, read on the spool's thread."""
+        return await self._run(read_blob, self._db, table, rowid, offset, length)
 
     async def read_sent_header(self, message_id: str) -> bytes | None:
         """The header block kept for the Sent copy (with Bcc)."""
@@ -186,8 +211,13 @@ class Spool:
         return await self._run(select_due_jobs, self._db, now)
 
     async def sent_job(self, job_id: str) -> SentJob | None:
-        """One Sent-copy job with its data."""
-        return await self._run(select_job, self._db, job_id)
+        """One Sent-copy job with its data (a large one's to be read in pieces)."""
+        row = await self._run(select_job, self._db, job_id)
+        if row is None:
+            return None
+        if row.size <= STREAM_THRESHOLD:
+            return row.job
+        return replace(row.job, data=SpoolBlob(self, "sent_jobs", row.rowid, row.size))
 
     async def sent_job_failed(self, job_id: str, error: str, next_attempt: float) -> None:
         """Count a failed Sent copy and schedule the next try."""
@@ -209,3 +239,17 @@ class Spool:
         """Fold the WAL into the database and empty it; False if a reader held it (try later)."""
         # With secure_delete, this leaves no copy of delivered mail in spool.db or spool.db-wal.
         return await self._run(checkpoint, self._db)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolBlob:
+    """A large stored body (relay.message.SpooledData): read a piece at a time, on demand."""
+
+    spool: Spool = field(repr=False)
+    table: str  # bodies, or sent_jobs
+    rowid: int
+    size: int
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to length octets from offset; StoreError if the row has gone meanwhile."""
+        return await self.spool.read_blob(self.table, self.rowid, offset, length)

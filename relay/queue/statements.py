@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from relay.model import EnvelopeParams, Notify, RecipientNotice
+from relay.queue.bodies import adopt_staged, insert_body
+from relay.queue.bodies import select_data as select_data  # re-exported: tests read with it
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
-from relay.queue.schema import BLOB_CHUNK
 from relay.queue.sentjobs import count_jobs, insert_from_message
 
 R = TypeVar("R")
@@ -33,6 +34,15 @@ def run_batch(db: sqlite3.Connection, writes: list[Write[R]]) -> list[R]:
 
 def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
     """Insert one message inside a transaction the caller holds; None for a duplicate."""
+    try:
+        return _insert_message(db, message, window)
+    finally:
+        if message.staged is not None:
+            # Copied in, a duplicate, or this transaction fails and the mail with it: it goes.
+            message.staged.close()
+
+
+def _insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
     if message.fingerprint is not None:
         cutoff = message.received_at - window
         db.execute(
@@ -78,20 +88,11 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
             for r in message.recipients
         ],
     )
-    _insert_body(db, seq, message.upstream_data)
+    if message.staged is None:
+        insert_body(db, seq, message.upstream_data)
+    else:
+        adopt_staged(db, seq, message.upstream_data, message.staged)
     return message.id
-
-
-def _insert_body(db: sqlite3.Connection, seq: int | None, data: bytes) -> None:
-    if len(data) <= BLOB_CHUNK or seq is None:
-        db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, ?)", (seq, data))
-        return
-    # Bound as one value, SQLite would copy all of it first, and again to build the record.
-    db.execute("INSERT INTO bodies (message_seq, data) VALUES (?, zeroblob(?))", (seq, len(data)))
-    view = memoryview(data)
-    with db.blobopen("bodies", "data", seq) as blob:
-        for start in range(0, len(data), BLOB_CHUNK):
-            blob.write(view[start : start + BLOB_CHUNK])
 
 
 def _note_user_status(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
@@ -121,15 +122,6 @@ def select_user_status(db: sqlite3.Connection) -> dict[str, UserStatus]:
         "SELECT login, last_delivered_at, last_error, last_error_at FROM user_status"
     ).fetchall()
     return {str(login): UserStatus(*rest) for login, *rest in rows}
-
-
-def select_data(db: sqlite3.Connection, message_id: str) -> bytes | None:
-    """The stored upstream bytes."""
-    row = db.execute(
-        "SELECT data FROM bodies WHERE message_seq = (SELECT seq FROM messages WHERE id = ?)",
-        (message_id,),
-    ).fetchone()
-    return None if row is None else bytes(row[0])
 
 
 def select_sent_header(db: sqlite3.Connection, message_id: str) -> bytes | None:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from relay.config.model import ProviderConfig
 from relay.errors import SentCopyError
+from relay.message import MessageData
 from relay.model import Secret, User
-from relay.providers.presets import SentCopy
-from relay.sent.imap import Aborter, ImapAccount, ImapSession, connect
+from relay.providers.presets import SentCopy, Transport
+from relay.sent.imap import Aborter, ImapAccount, ImapSession, Literal, connect, literal_for
 from relay.sent.imapwire import Mailbox, decoded_or_wire, encode_mailbox
 from relay.tls import TlsContexts
 
@@ -104,7 +105,7 @@ class SentCopyResult:
 @dataclass(frozen=True, slots=True)
 class _Job:
     account: ImapAccount
-    message: bytes = field(repr=False)
+    message: Literal = field(repr=False)
     message_id: str
     sent_at: float
     plan: SentCopyPlan
@@ -117,6 +118,9 @@ def plan_sent_copy(provider: ProviderConfig, user_choice: SentCopy | None) -> Se
     """The plan for a user's mail: the user's sent_copy if set, else the provider's."""
     choice = provider.sent_copy if user_choice is None else user_choice
     if provider.imap is None or choice is SentCopy.NEVER:
+        return SentCopyPlan.SKIP
+    if provider.transport is Transport.GRAPH:
+        # sendMail files the copy in the mailbox's Sent Items (saveToSentItems, default true).
         return SentCopyPlan.SKIP
     if choice is SentCopy.ALWAYS:
         # Whoever chose 'always' says the provider files no copy of its own: skip the search.
@@ -174,7 +178,7 @@ def _name_key(name: str) -> str:
 
 async def append_sent_copy(
     account: ImapAccount,
-    message: bytes,
+    message: MessageData,
     message_id: str,
     sent_at: float,
     *,
@@ -191,7 +195,9 @@ async def append_sent_copy(
         raise ValueError(f"message_id must be printable ASCII, got {message_id!r}")
     job = _Job(
         account,
-        message,  # CRLF: spooled mail is, from the moment it arrives (message.prepare)
+        # CRLF: spooled mail is, from the moment it arrives (message.prepare). A large copy is
+        # read from the spool as the APPEND goes out.
+        literal_for(message, asyncio.get_running_loop(), timeout),
         message_id,
         sent_at,
         plan,

@@ -11,6 +11,7 @@ that socket (Aborter) when the caller is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import socket
 import ssl
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import SentCopyError, SentCopyRetry
+from relay.message import STREAM_THRESHOLD, MessageData, SpooledData
 from relay.model import Secret
 from relay.providers.presets import Endpoint, TlsMode
 from relay.sent.imapwire import (
@@ -73,8 +75,54 @@ def _cut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class SpooledLiteral:
+    """An APPEND literal read from the spool a piece at a time, from the worker thread.
+
+    imaplib takes len() of a literal for its {size} and passes it whole to send(): the clients
+    below send this one piece by piece instead, so a large Sent copy is never held whole.
+    """
+
+    def __init__(self, data: SpooledData, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._data = data
+        self._loop = loop  # the spool is read on its own thread, through the event loop
+        self._timeout = timeout
+
+    def __len__(self) -> int:
+        return self._data.size
+
+    def pieces(self) -> Iterator[bytes]:
+        """The literal's octets in order, each piece read when the socket is ready for it."""
+        for start in range(0, self._data.size, STREAM_THRESHOLD):
+            read = self._data.read(start, STREAM_THRESHOLD)
+            piece = asyncio.run_coroutine_threadsafe(read, self._loop).result(self._timeout)
+            if not piece:
+                raise OSError("message data in the spool ended early")
+            yield piece
+
+
+Literal = bytes | SpooledLiteral
+
+
+def literal_for(data: MessageData, loop: asyncio.AbstractEventLoop, timeout: float) -> Literal:
+    """What APPEND sends for data: the bytes, or the spool's data read as it goes out."""
+    return data if isinstance(data, bytes) else SpooledLiteral(data, loop, timeout)
+
+
+def _send(client: imaplib.IMAP4, data: object) -> None:
+    """imaplib.IMAP4.send, with a SpooledLiteral sent a piece at a time."""
+    if isinstance(data, SpooledLiteral):
+        for piece in data.pieces():
+            imaplib.IMAP4.send(client, piece)
+    else:
+        imaplib.IMAP4.send(client, data)  # type: ignore[arg-type]  # imaplib passes bytes
+
+
 class _WatchedPlain(imaplib.IMAP4):
     """imaplib's client, its socket watched by an Aborter from before the greeting."""
+
+    def send(self, data: object) -> None:
+        """Send data, a SpooledLiteral piece by piece."""
+        _send(self, data)
 
     def __init__(self, endpoint: Endpoint, timeout: float, aborter: Aborter) -> None:
         self._aborter = aborter
@@ -88,6 +136,10 @@ class _WatchedPlain(imaplib.IMAP4):
 
 class _WatchedTls(imaplib.IMAP4_SSL):
     """imaplib's implicit-TLS client, its socket watched by an Aborter from before the greeting."""
+
+    def send(self, data: object) -> None:
+        """Send data, a SpooledLiteral piece by piece."""
+        _send(self, data)
 
     def __init__(
         self, endpoint: Endpoint, context: ssl.SSLContext, timeout: float, aborter: Aborter
@@ -253,7 +305,7 @@ class ImapSession:
             self._check("search", status, data)
         return bool(data and isinstance(data[0], bytes) and data[0].split())
 
-    def append(self, wire: str, message: bytes, sent_at: float) -> None:
+    def append(self, wire: str, message: Literal, sent_at: float) -> None:
         """APPEND the message as seen, dated when it was sent; SentCopyError if refused."""
         with self.failures("append"):
             # imaplib's append() runs a CRLF regex over the whole message, which peaks at two to

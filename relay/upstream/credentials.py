@@ -68,6 +68,7 @@ class Credentials:
         if not opened.bearer:
             return False
         self.tokens.forget(user.login, opened.secret)
+        self.tokens.organisation.forget(opened.secret)
         return True
 
     async def _access_token(self, user: User, provider: ProviderConfig) -> UpstreamSecret:
@@ -78,6 +79,12 @@ class Credentials:
                 f"{user.login} logs in with OAuth2 but provider {provider.name!r} has no oauth2 "
                 "section in the config",
             )
+        if provider.oauth2.organisation:
+            # No grant of the user's: the organisation's app or service account stands in.
+            organisation = self.tokens.organisation
+            token = await organisation.bearer(provider.name, provider.oauth2, user.upstream_user)
+            identity = _fingerprint(f"organisation {provider.oauth2.client_id}".encode())
+            return UpstreamSecret(token, bearer=True, identity=identity)
         token = await self.tokens.bearer(user.login, provider.name, provider.oauth2)
         grant = usable_grant(self.tokens.store, user.login)
         identity = _fingerprint(f"oauth2 {grant.authorized_at}".encode())

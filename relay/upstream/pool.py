@@ -13,6 +13,7 @@ import aiosmtplib
 
 from relay.config.model import RelayConfig
 from relay.errors import DeliveryInDoubt, UpstreamError
+from relay.message import MessageData, data_size
 from relay.model import NO_PARAMS, EnvelopeParams
 from relay.providers.facts import ProviderFacts
 from relay.providers.presets import Endpoint, TlsMode
@@ -110,7 +111,7 @@ class UpstreamPool:
         account: UpstreamAccount,
         sender: str,
         recipients: list[str],
-        data: bytes,
+        data: MessageData,
         ceiling: int | None = None,
         params: EnvelopeParams = NO_PARAMS,
     ) -> SendOutcome:
@@ -168,7 +169,7 @@ class UpstreamPool:
         account: UpstreamAccount,
         sender: str,
         recipients: list[str],
-        data: bytes,
+        data: MessageData,
         params: EnvelopeParams,
     ) -> SendOutcome:
         outcome = None
@@ -194,7 +195,7 @@ class UpstreamPool:
         session: Session,
         sender: str,
         recipients: list[str],
-        data: bytes,
+        data: MessageData,
         *,
         reused: bool,
         params: EnvelopeParams = NO_PARAMS,
@@ -303,7 +304,7 @@ async def transact(
     session: Session,
     sender: str,
     recipients: list[str],
-    data: bytes,
+    data: MessageData,
     *,
     reused: bool,
     params: EnvelopeParams = NO_PARAMS,
@@ -311,7 +312,7 @@ async def transact(
     """One mail transaction: MAIL, RCPT per recipient, DATA; replies sorted per recipient."""
     client, where = session.client, session.where
     envelope = upstream_envelope(client.esmtp_extensions, where, sender, recipients, params)
-    options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+    options = [f"SIZE={data_size(data)}"] if client.supports_extension("size") else []
     try:
         await client.mail(sender, options=options + envelope.mail, encoding=envelope.encoding)
     except aiosmtplib.SMTPResponseException as error:
@@ -331,7 +332,11 @@ async def transact(
 
 
 async def _recipients_and_data(
-    client: aiosmtplib.SMTP, where: str, recipients: list[str], data: bytes, envelope: Upstream
+    client: aiosmtplib.SMTP,
+    where: str,
+    recipients: list[str],
+    data: MessageData,
+    envelope: Upstream,
 ) -> SendOutcome:
     accepted: list[str] = []
     deferred: dict[str, Reply] = {}

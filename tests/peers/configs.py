@@ -22,6 +22,13 @@ passdb {{
   mechanisms = xoauth2 oauthbearer
   args = {oauth2}
 }}
+# An organisation's app token (client credentials) names its tenant, not a mailbox: tried
+# after the strict passdb refused it, for any mailbox of the app's domain.
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {oauth2_app}
+}}
 userdb {{
   driver = passwd-file
   args = {users}
@@ -71,6 +78,22 @@ username_attribute = username
 active_attribute = active
 active_value = true
 scope = {scope}
+timeout_msecs = 5000
+"""
+
+# The app tokens' passdb: introspected at their own endpoint, and compared by domain only (the
+# username_format applies to both the login and the introspected app@DOMAIN). The roles stand
+# in for the scope: Microsoft's app tokens carry roles, not scp.
+DOVECOT_OAUTH2_APP = """\
+introspection_mode = post
+introspection_url = {url}
+client_id = {client_id}
+client_secret = {client_secret}
+username_attribute = username
+username_format = %d
+active_attribute = active
+active_value = true
+scope = SMTP.SendAsApp IMAP.AccessAsApp
 timeout_msecs = 5000
 """
 

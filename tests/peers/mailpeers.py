@@ -29,6 +29,7 @@ from tests.peers.configs import (
     DOVECOT_DELIVERY,
     DOVECOT_IMAP,
     DOVECOT_OAUTH2,
+    DOVECOT_OAUTH2_APP,
     POSTFIX_MAIN,
     POSTFIX_SERVICES,
 )
@@ -188,7 +189,7 @@ class MailPeers:
         self._postfix_conf = workdir / "postfix" / "conf"
         self._postfix_log = workdir / "postfix" / "log" / "postfix.log"
         users = self._write_users()
-        self._oauth2_conf = self._write_oauth2_conf()
+        self._oauth2_conf, self._oauth2_app_conf = self._write_oauth2_conf()
         lmtp, auth = (workdir / "dovecot-delivery" / "run" / name for name in DELIVERY_SOCKETS)
         self._delivery = self._dovecot("delivery", users, DOVECOT_DELIVERY, (lmtp, auth))
         imap_conf = DOVECOT_IMAP.format(
@@ -311,21 +312,27 @@ class MailPeers:
         users.chmod(0o640)
         return users
 
-    def _write_oauth2_conf(self) -> Path:
-        """Write the oauth2 passdb's settings, pointing at the authorization server."""
-        conf = self.workdir / "dovecot-oauth2.conf.ext"
-        conf.write_text(
-            DOVECOT_OAUTH2.format(
-                url=self.oauth.introspect_url,
-                client_id=self.oauth.resource_client_id,
-                client_secret=self.oauth.resource_client_secret,
-                scope=MAIL_SCOPE,
+    def _write_oauth2_conf(self) -> tuple[Path, Path]:
+        """Write both oauth2 passdbs' settings (users', apps'), pointing at the server."""
+        confs = []
+        for name, template, url in (
+            ("dovecot-oauth2.conf.ext", DOVECOT_OAUTH2, self.oauth.introspect_url),
+            ("dovecot-oauth2-app.conf.ext", DOVECOT_OAUTH2_APP, self.oauth.app_introspect_url),
+        ):
+            conf = self.workdir / name
+            conf.write_text(
+                template.format(
+                    url=url,
+                    client_id=self.oauth.resource_client_id,
+                    client_secret=self.oauth.resource_client_secret,
+                    scope=MAIL_SCOPE,
+                )
             )
-        )
-        # It holds the introspection secret; Dovecot's auth process reads it as the dovecot user.
-        os.chown(conf, 0, pwd.getpwnam("dovecot").pw_gid)
-        conf.chmod(0o640)
-        return conf
+            # It holds the introspection secret; Dovecot's auth reads it as the dovecot user.
+            os.chown(conf, 0, pwd.getpwnam("dovecot").pw_gid)
+            conf.chmod(0o640)
+            confs.append(conf)
+        return confs[0], confs[1]
 
     def _dovecot(
         self, role: str, users: Path, config: str, endpoints: tuple[Endpoint, ...]
@@ -342,6 +349,7 @@ class MailPeers:
             uid=pwd.getpwnam("mail").pw_uid,
             users=users,
             oauth2=self._oauth2_conf,
+            oauth2_app=self._oauth2_app_conf,
         )
         conf = root / "dovecot.conf"
         conf.write_text(common + config)

@@ -17,10 +17,12 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
+from tests.peers.oauthapps import JWT_BEARER_GRANT, OrganisationGrants
 from tests.peers.oauthtokens import (
     DEFAULT_SCOPES,
     DEVICE_GRANT,
     MAIL_SCOPE,
+    NO_STORE,
     Basic,
     Code,
     Form,
@@ -29,6 +31,7 @@ from tests.peers.oauthtokens import (
     OAuthError,
     Reply,
     TokenEndpoints,
+    _json,
     requested_scopes,
     required,
 )
@@ -53,7 +56,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CODE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # RFC 7636 §4.2: base64url of SHA-256
 
 
-class AuthorizationServer(TokenEndpoints):
+class AuthorizationServer(OrganisationGrants, TokenEndpoints):
     """OAuth2 server (RFC 6749, 7636 PKCE, 8628 device flow, 7662 introspection) in a thread."""
 
     _httpd: _HTTPServer | None = None
@@ -129,6 +132,17 @@ class AuthorizationServer(TokenEndpoints):
         return f"{self.base_url}/introspect"
 
     @property
+    def app_introspect_url(self) -> str:
+        """The introspection endpoint for app tokens (Dovecot's second oauth2 passdb)."""
+        return f"{self.base_url}/introspect/app"
+
+    def reset(self) -> None:
+        """Forget every code, token and registration, and set each knob back to its default."""
+        super().reset()
+        with self._lock:
+            self._reset_organisation()
+
+    @property
     def token_requests(self) -> list[Form]:
         """Every form posted to the token endpoint, secrets and verifiers included."""
         with self._lock:
@@ -193,6 +207,7 @@ class AuthorizationServer(TokenEndpoints):
             ("POST", "/token"): self._token,
             ("POST", "/devicecode"): self._device_authorization,
             ("POST", "/introspect"): self._introspect,
+            ("POST", "/introspect/app"): self._introspect_app,
         }
         route = routes.get((method, path))
         if route is None:
@@ -205,6 +220,33 @@ class AuthorizationServer(TokenEndpoints):
                 return route(form, basic)
             except OAuthError as error:
                 return error.reply()
+
+    def _token(self, form: Form, basic: Basic) -> Reply:
+        """The token endpoint, with the organisation grants (client credentials, RFC 7523)."""
+        grant_type = form.get("grant_type")
+        if grant_type not in ("client_credentials", JWT_BEARER_GRANT):
+            return super()._token(form, basic)
+        self._token_requests.append(dict(form))
+        if self._failures:
+            return Reply(self._failures.pop(0), b"<html>Service unavailable</html>", "text/html")
+        if grant_type == "client_credentials":
+            return _json(200, self._client_credentials_grant(form, basic), NO_STORE)
+        subject, client_id, scopes = self._jwt_bearer_grant(form)
+        grant = Grant(subject, client_id, scopes)
+        return _json(200, self._issue(grant, scopes, refresh=False), NO_STORE)
+
+    def _introspect_app(self, form: Form, basic: Basic) -> Reply:
+        """RFC 7662 §2.2 for app tokens only (user tokens are inactive here)."""
+        client_id, secret = basic if basic is not None else (form.get("client_id"), None)
+        secret = secret if basic is not None else form.get("client_secret")
+        if client_id != self.resource_client_id or not secrets.compare_digest(
+            secret or "", self.resource_client_secret
+        ):
+            raise OAuthError(
+                "invalid_client", "introspection needs the resource's credentials", 401
+            )
+        self._app_introspections.append(dict(form))
+        return _json(200, self._introspect_app_token(required(form, "token")), NO_STORE)
 
     def _authorize(self, query: Form, _: Basic) -> Reply:
         """RFC 6749 §4.1.1: sign in as signed_in_as and redirect with a code, PKCE required."""
