@@ -86,6 +86,7 @@ def open_services(config: RelayConfig, environ: Mapping[str, str], ops: Ops | No
         ops.opened_secret,
         ops.metrics.oauth_refresh_failed,
         writer=writer,
+        publish_to=config.state_dir,
     )
     live = LiveConfig(config)
     runner = QueueRunner(live, store, credentials, spool, pool, ops, writer)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.peers.graphserver import GraphServer
 from tests.peers.mailpeers import MailPeers, peers_available, running_mail_peers
 from tests.peers.oauthserver import AuthorizationServer
 
@@ -47,3 +48,10 @@ def oauth_server(mail_peers: MailPeers) -> Iterator[AuthorizationServer]:
         yield mail_peers.oauth
     finally:
         mail_peers.oauth.reset()
+
+
+@pytest.fixture
+def graph(mail_peers: MailPeers, oauth_server: AuthorizationServer) -> Iterator[GraphServer]:
+    """Graph's sendMail on loopback (tests/peers/graphserver.py), stopped after the test."""
+    with GraphServer(mail_peers, oauth_server) as server:
+        yield server

@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay.message import mailbox_addresses, prepare, sender_fields
+from relay.message import (
+    _PLAIN_MAILBOX,
+    addresses_by_both_parsers,
+    mailbox_addresses,
+    prepare,
+    sender_fields,
+)
 from relay.model import User
 from relay.policy import header_sender_refusal, sender_refusal
 from tests.harness import running_daemon
@@ -255,6 +263,28 @@ def test_refusal_lists_every_allowed_address() -> None:
         "553 5.7.1 Sender: header <bob@example.test> is not yours to send as; "
         "allowed: alice@gmail.com, help@example.org"
     )
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.from_regex(_PLAIN_MAILBOX, fullmatch=True))
+def test_plain_from_forms_read_as_both_parsers_read_them(value: str) -> None:
+    # The fast path skips the parsers only where they could not disagree with it.
+    assert mailbox_addresses(value) == addresses_by_both_parsers(value.strip())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "alice@example.org (bob@evil.test)",
+        "Alice <alice@example.org>, bob@evil.test",
+        '"bob@evil.test" <alice@example.org>',
+        "=?utf-8?q?bob@evil.test?= <alice@example.org>",
+        "alice@example.org <bob@evil.test>",
+    ],
+)
+def test_other_forms_still_get_both_parsers(value: str) -> None:
+    assert _PLAIN_MAILBOX.fullmatch(value) is None
+    assert mailbox_addresses(value) == addresses_by_both_parsers(value)
 
 
 def test_sender_fields_reads_from_and_sender_only() -> None:

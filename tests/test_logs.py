@@ -253,6 +253,12 @@ def test_protocol_verbs_and_words_are_not_mistaken_for_base64() -> None:
         ("dump {'login': 'a', 'password': 'p w'}", "dump {'login': 'a', 'password': '***'}"),
         ('json {"access_token": "abc", "n": 1}', 'json {"access_token": \'***\', "n": 1}'),
         ("auth.failed login='bob' reason=bad secret", "auth.failed login='bob' reason=bad secret"),
+        # Letters that IGNORECASE matches although they are not the ASCII ones (long s, dotless
+        # i, Kelvin sign): the cheap test before each pattern must let these through too.
+        ("x PAſSWORD=hunter2", "x PAſSWORD=***"),
+        ("x credentıal=abc", "x credentıal=***"),
+        ("x to\u212aen=abc", "x to\u212aen=***"),
+        ("x auth xoauth2 dXNlcj1h", "x auth xoauth2 ***"),
     ],
 )
 def test_password_secret_and_token_fields_are_redacted(message: str, shown: str) -> None:
@@ -286,6 +292,23 @@ def test_filter_keeps_only_digests_and_does_not_show_them() -> None:
     assert all(len(digest) == 16 for digest in redactor._digests)
     assert SECRET.encode() not in b"".join(redactor._digests)
     assert redactor.redact(f"a {SECRET} b {SECRET}{SECRET}") == "a *** b ******"
+
+
+@pytest.mark.parametrize("others", [(), ("tiny",), ("Ab3xYz9Q",), (SECRET, APP_PASSWORD)])
+@pytest.mark.parametrize("length", [8, 9, 16, 23, 24, 25, 60])
+def test_a_secret_is_found_at_every_offset_whatever_else_is_registered(
+    length: int, others: tuple[str, ...]
+) -> None:
+    # The first pass samples one window in every few bytes: none may fall between two samples.
+    secret = (SECRET * 2)[:length]
+    redactor = RedactingFilter()
+    for other in others:
+        redactor.register(other)
+    redactor.register(secret)
+    for offset in range(0, 40):
+        for tail in ("", " x", "." * 17):
+            text = "~" * offset + secret + tail
+            assert redactor.redact(text) == "~" * offset + "***" + tail
 
 
 # Control characters and Unicode line separators (issue 21, item 8).

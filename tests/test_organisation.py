@@ -25,8 +25,9 @@ from relay.errors import (
     Throttled,
 )
 from relay.model import OAuthClient, Secret
+from relay.oauth.assertion import jwt_assertion
 from relay.oauth.client import TokenGrant
-from relay.oauth.organisation import OrganisationTokens, jwt_assertion
+from relay.oauth.organisation import OrganisationTokens
 from relay.providers.presets import GRAPH_SCOPE, GRAPH_URL, Transport
 from relay.sent.filing import SentCopyPlan, plan_sent_copy
 from relay.upstream.graph import graph_error, graph_mime, retry_after
@@ -301,6 +302,8 @@ async def test_a_refused_credential_is_logged_once_with_the_fix_until_it_works_a
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "work" in tokens.failing
     endpoint.refuse = None
+    assert app.client_secret_file is not None
+    app.client_secret_file.write_text("a-new-secret-value\n")  # the admin's fix
     await tokens.bearer("work", app, "alice@example.org")
     assert tokens.failing == {}
     assert "oauth.organisation_restored provider=work" in caplog.text

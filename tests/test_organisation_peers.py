@@ -8,10 +8,10 @@ IMAP; Graph sendMail is tests/peers/graphserver.py, handing mail to the same Pos
 from __future__ import annotations
 
 import json
+import signal
 import smtplib
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,12 @@ from relay.queue.admin import open_queue_admin
 from tests.harness import RelaySetup, relay_process, write_config
 from tests.peers.graphserver import GraphServer
 from tests.peers.mailpeers import MailAccount, MailPeers
+from tests.peers.oauthapps import (
+    CLIENT_ASSERTION_TYPE,
+    pem_files,
+    self_signed_certificate,
+    thumbprint,
+)
 from tests.peers.oauthserver import AuthorizationServer
 from tests.test_end_to_end import every_database_byte_free_of, find_by_subject, message_text
 from tests.test_oauth_flow import wait_for_subject
@@ -30,13 +36,6 @@ pytestmark = pytest.mark.peers
 FAST = {"connect_timeout": 5, "timeout": 10}
 EXCHANGE = "https://outlook.office365.com/.default"
 GRAPH = "https://graph.microsoft.com/.default"
-
-
-@pytest.fixture
-def graph(mail_peers: MailPeers, oauth_server: AuthorizationServer) -> Iterator[GraphServer]:
-    """Graph's sendMail on loopback, stopped after the test."""
-    with GraphServer(mail_peers, oauth_server) as server:
-        yield server
 
 
 def secret_file(root: Path, name: str, text: str) -> str:
@@ -299,3 +298,93 @@ def test_a_revoked_client_secret_keeps_mail_queued_logs_once_and_check_names_the
     failed = next(s for s in report["stages"] if s["name"] == "oauth2")
     assert "AADSTS7000215" in failed["reply"]
     assert "Certificates & secrets" in failed["fix"] and "app-secret" in failed["fix"]
+
+
+def test_app_only_with_a_certificate_signs_a_client_assertion_and_check_warns_of_expiry(
+    mail_peers: MailPeers, oauth_server: AuthorizationServer, tmp_path: Path
+) -> None:
+    alice, dave = mail_peers.accounts["alice"], mail_peers.accounts["dave"]
+    client_id, _ = oauth_server.register_app("example.org")
+    certificate, key = self_signed_certificate(5)  # expires in five days
+    oauth_server.upload_certificate(client_id, certificate)
+    certificate_file, key_file = pem_files(tmp_path / "creds", certificate, key)
+    oauth2 = {
+        "app_only": True,
+        "client_id": client_id,
+        "client_certificate_file": certificate_file,
+        "client_key_file": key_file,
+        "token_url": oauth_server.token_url,
+        "scopes": [EXCHANGE],
+    }
+    setup, secrets = setup_with(
+        tmp_path / "relay", peers_endpoints(mail_peers) | {"oauth2": oauth2}, alice
+    )
+    subject = f"certificate {uuid.uuid4().hex}"
+    with relay_process(setup) as relay:
+        code, reply = submit(
+            relay.port, "alice", secrets["alice"], alice.address, [dave.address], subject
+        )
+        assert code == 250 and "sent" in reply, reply
+        assert find_by_subject(mail_peers, dave, subject)
+        assert wait_for_subject(mail_peers, alice, "Sent", subject)
+        log = relay.log()
+    [grant] = [r for r in oauth_server.token_requests if r["grant_type"] == "client_credentials"]
+    assert grant["client_assertion_type"] == CLIENT_ASSERTION_TYPE and "client_secret" not in grant
+    [checked] = oauth_server.client_assertions
+    assert checked["alg"] == "PS256" and checked["x5t#S256"] == thumbprint(certificate)
+    report = json.loads(setup.cli("check", "alice", "--json").out)
+    stages = {stage["name"]: stage for stage in report["stages"]}
+    assert report["passed"], stages
+    [warning] = stages["oauth2"]["warnings"]
+    assert "expires in 4 days" in warning and certificate_file in warning
+    key_line = Path(key_file).read_text().splitlines()[1]
+    assert key_line not in log and grant["client_assertion"] not in log
+    assert every_database_byte_free_of(setup, key_line.encode())
+
+
+def test_a_revoked_secret_shows_in_status_asks_once_and_mail_goes_once_the_file_is_replaced(
+    mail_peers: MailPeers, oauth_server: AuthorizationServer, tmp_path: Path
+) -> None:
+    alice, dave = mail_peers.accounts["alice"], mail_peers.accounts["dave"]
+    client_id, _ = oauth_server.register_app("example.org")
+    new_secret = oauth_server.new_app_secret(client_id)  # the secret relay has was deleted
+    provider = peers_endpoints(mail_peers) | {
+        "oauth2": app_only(oauth_server, tmp_path, (client_id, "deleted-secret"), EXCHANGE)
+    }
+    setup = write_config(
+        tmp_path / "relay",
+        {"work": provider},
+        upstream=FAST,
+        queue={"min_backoff": 1, "max_backoff": 2},
+    )
+    added = setup.cli("user", "add", "alice", "--provider", "work", "--email", alice.address)
+    assert added.status == 0, added.err
+    secret = added.out.strip()
+    subjects = [f"waits {n} {uuid.uuid4().hex}" for n in range(2)]
+    with relay_process(setup) as relay:
+        for subject in subjects:
+            code, reply = submit(
+                relay.port, "alice", secret, alice.address, [dave.address], subject
+            )
+            assert code == 250 and "queued" in reply, reply
+        deadline = time.monotonic() + 30
+        while relay.log().count("delivery.attempt") < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)  # retries come every second or two (max_backoff)
+        status = setup.cli("status").out
+        grants = [r for r in oauth_server.token_requests if r["grant_type"] == "client_credentials"]
+        assert relay.log().count("delivery.attempt") >= 4
+        assert len(grants) == 1  # held: not asked again per mail or per retry
+        assert "ORGANISATION CREDENTIAL FAILING" in status
+        assert "work: " in status and "Certificates & secrets" in status
+        Path(provider["oauth2"]["client_secret_file"]).write_text(new_secret + "\n")
+        relay.process.send_signal(signal.SIGHUP)  # the admin's reload (not needed, harmless)
+        for subject in subjects:
+            assert find_by_subject(mail_peers, dave, subject), relay.log()
+        log = relay.log()
+        after = setup.cli("status").out
+    assert log.count("oauth.organisation_failed") == 1
+    assert "oauth.organisation_restored provider=work" in log
+    assert "ORGANISATION CREDENTIAL FAILING" not in after
+    with open_queue_admin(setup.state_dir / "spool.db") as queue:
+        assert queue.entries() == []
+    assert new_secret not in log

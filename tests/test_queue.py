@@ -41,13 +41,20 @@ async def relay_and_upstream(
             yield setup, daemon, upstream, secret
 
 
-async def send(daemon: Daemon, secret: str, recipients: list[str], message: bytes = MESSAGE) -> str:
-    """Send one mail as alice and return the reply the app sees."""
+async def send(
+    daemon: Daemon,
+    secret: str,
+    recipients: list[str],
+    message: bytes = MESSAGE,
+    *,
+    login: str = "alice",
+) -> str:
+    """Send one mail as login (alice) from login@example.org; the reply the app sees."""
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.addresses[0][1], start_tls=False)
     await client.connect()
-    await client.login("alice", secret)
+    await client.login(login, secret)
     try:
-        _, reply = await client.sendmail("alice@example.org", recipients, message)
+        _, reply = await client.sendmail(f"{login}@example.org", recipients, message)
         return f"250 {reply}"
     except aiosmtplib.SMTPResponseException as refused:
         return f"{refused.code} {refused.message}"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from relay.check.appcredential import certificate_facts
 from relay.check.graphstages import graph_stages, not_run_because
 from relay.check.mailstages import MailStages
 from relay.check.report import (
@@ -57,8 +58,9 @@ async def run_check(
     *,
     send_to: str | None = None,
     tls: TlsContexts | None = None,
+    on_stage: Callable[[StageResult], Awaitable[None]] | None = None,
 ) -> CheckReport:
-    """Run every stage in order for user, stopping at the first that fails."""
+    """Run every stage in order for user, stopping at the first that fails; on_stage hears each."""
     started, clock = time.time(), time.monotonic()
     provider = config.providers.get(user.provider)
     opened: list[UpstreamSecret] = []
@@ -77,12 +79,19 @@ async def run_check(
         opened.append(secret)
         return found
 
+    results: list[StageResult] = []
+
+    async def finished(result: StageResult) -> None:
+        results.append(result)
+        if on_stage is not None:
+            await on_stage(result)  # the web page shows each stage as it ends
+
     timeout = config.upstream.timeout
-    results = [await _run_stage("config", config_stage, timeout, None)]
+    await finished(await _run_stage("config", config_stage, timeout, None))
     if results[-1].status is not Status.FAIL:
         preset = None if provider is None else provider.preset
         # Up to three token requests with pauses between them (relay/oauth/client.py).
-        results.append(await _run_stage("oauth2", oauth2_stage, 3 * timeout + 3, preset))
+        await finished(await _run_stage("oauth2", oauth2_stage, 3 * timeout + 3, preset))
     if provider is not None and opened:
         secret = opened[0]
         context = CheckContext(
@@ -110,7 +119,7 @@ async def run_check(
             for name, (stage, limit) in stages.items():
                 if results[-1].status is Status.FAIL:
                     break
-                results.append(await _run_stage(name, stage, limit, provider.preset))
+                await finished(await _run_stage(name, stage, limit, provider.preset))
         finally:
             await smtp.close()
             await mail.close()
@@ -261,7 +270,9 @@ def organisation_token(settings: OAuthSettings, user: User) -> Found:
     else:
         how = f"app-only token of client {settings.client_id} (client credentials)"
     facts: dict[str, object] = {"scopes": list(settings.scopes), "organisation": how}
-    return Found(f"got an access token: {how}; scopes {' '.join(settings.scopes)}", facts)
+    facts_more, warnings = certificate_facts(settings, time.time())
+    summary = f"got an access token: {how}; scopes {' '.join(settings.scopes)}"
+    return Found(summary, facts | facts_more, warnings)
 
 
 def _token_state(

@@ -10,6 +10,7 @@ from collections import Counter
 from relay.cli.common import USER_STATES, organisation_user, user_state
 from relay.config.load import config_path_from, load_config
 from relay.config.model import RelayConfig
+from relay.oauth.orgstatus import failing_lines
 from relay.ops.status import read_delivery, read_status, uptime
 from relay.queue.admin import open_queue_admin
 from relay.state.store import Store
@@ -81,6 +82,9 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
             f"{user.login:<16} {state:<15} {queued:>6}  {sent:<16}  {checked:<27}  {error}"[:200]
         )
     lines += _delivery_lines(config)
+    running = read_status(config.state_dir)
+    if running is not None:
+        lines += failing_lines(config.state_dir, running.pid)
     return lines
 
 

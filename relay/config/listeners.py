@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import pwd
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -40,7 +39,7 @@ def with_entry(reader: Reader, s: Section, listener: ListenerConfig) -> Listener
         reader.fail(s.key("user"), why)
     if users and not sender_mapped:
         reader.fail(s.key("users"), "applies only with sender_mapped: true")
-    peers = _networks(reader, s, "trusted_peers")
+    peers = reader.networks(s, "trusted_peers", allow_empty=False)
     if peers is not None and not (sender_mapped or user is not None):
         reader.fail(s.key("trusted_peers"), "applies only with sender_mapped: true or user")
     return replace(
@@ -122,23 +121,6 @@ def _logins(reader: Reader, s: Section, name: str) -> tuple[str, ...]:
         reader.fail(s.key(name), f"expected a list of relay logins, got {shown(value)}")
         return ()
     return tuple(value)
-
-
-def _networks(reader: Reader, s: Section, name: str) -> tuple[str, ...] | None:
-    value = s.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        reader.fail(s.key(name), f"expected a list of networks like [127.0.0.0/8], got {value!r}")
-        return None
-    networks = []
-    for index, item in enumerate(value):
-        try:
-            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
-        except ValueError:
-            why = f"expected a network like 10.0.0.0/8 or an address, got {shown(item)}"
-            reader.fail(f"{s.key(name)}[{index}]", why)
-    return tuple(networks)
 
 
 def one_socket(reader: Reader, listeners: Sequence[ListenerConfig]) -> None:

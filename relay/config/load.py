@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -201,7 +200,7 @@ def _limits(reader: Reader, s: Section) -> LimitsConfig:
         max_recipients=_count(reader, s, default, "max_recipients"),
         max_connections=_count(reader, s, default, "max_connections"),
         max_connections_per_ip=_count(reader, s, default, "max_connections_per_ip"),
-        per_ip_exempt=or_default(_networks(reader, s, "per_ip_exempt"), default.per_ip_exempt),
+        per_ip_exempt=or_default(reader.networks(s, "per_ip_exempt"), default.per_ip_exempt),
         auth_failure_delay=_seconds(reader, s, default, "auth_failure_delay", allow_zero=True),
         auth_failure_max_delay=_seconds(
             reader, s, default, "auth_failure_max_delay", allow_zero=True
@@ -239,24 +238,6 @@ def _data_in_memory(reader: Reader, s: Section, default: LimitsConfig, largest: 
             f"mail is streamed to the spool), got {budget}",
         )
     return budget
-
-
-def _networks(reader: Reader, s: Section, name: str) -> tuple[str, ...] | None:
-    """A list of networks such as 127.0.0.0/8 or ::1 (a bare address is one host)."""
-    value = s.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        reader.fail(s.key(name), f"expected a list of networks like 10.0.0.0/8, got {shown(value)}")
-        return None
-    networks = []
-    for index, item in enumerate(value):
-        try:
-            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
-        except ValueError:
-            why = f"expected a network like 10.0.0.0/8 or an address, got {shown(item)}"
-            reader.fail(f"{s.key(name)}[{index}]", why)
-    return tuple(networks)
 
 
 def _upstream(reader: Reader, s: Section) -> UpstreamConfig:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from relay.config.addresses import is_loopback_address
 from relay.errors import OAuthError
 from relay.model import OAuthClient, Secret
-from relay.providers.presets import NO_PACE, Endpoint, Pace, SentCopy, Transport
+from relay.providers.presets import NO_PACE, Endpoint, Pace, SentCopy, SentCopyMailbox, Transport
 
 DEFAULT_STATE_DIR = Path("/var/lib/relay")
 DEFAULT_KEY_FILE = Path("/etc/relay/relay.key")
@@ -88,6 +88,9 @@ class ProviderConfig:
     # Graph endpoint's base (https://graph.microsoft.com/v1.0 unless a test points elsewhere).
     transport: Transport = Transport.SMTP
     graph_url: str | None = None
+    # Send As: a mail whose From is a shared address of the user's is filed in the Sent folder
+    # of the mailbox relay logs in as, or (sender) of that address (relay.upstream.sendas).
+    sent_copy_mailbox: SentCopyMailbox = SentCopyMailbox.UPSTREAM_USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +271,10 @@ class OAuthSettings:
     # token is asked for, never stored.
     app_only: bool = False
     service_account_file: Path | None = None
+    # app_only with a certificate instead of a secret: a client assertion (RFC 7523 §2.2)
+    # signed with the key (relay.oauth.assertion).
+    client_certificate_file: Path | None = None
+    client_key_file: Path | None = None
 
     @property
     def organisation(self) -> bool:

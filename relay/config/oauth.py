@@ -7,6 +7,7 @@ import re
 from relay.config.model import OAuthSettings
 from relay.config.organisation import (
     app_scopes,
+    certificate_files,
     https_or_loopback,
     organisation_problems,
     service_account,
@@ -31,6 +32,8 @@ OAUTH_FILE_KEYS = (
     "redirect_host",
     "app_only",
     "service_account_file",
+    "client_certificate_file",
+    "client_key_file",
 )
 
 
@@ -64,10 +67,12 @@ def oauth_settings(
     if secret_file is not None and not secret_file.read_bytes().strip():
         reader.fail(s.key("client_secret_file"), f"file is empty: {secret_file}")
     needs_secret = base is not None and base.client_secret_required and account_file is None
+    needs_secret = needs_secret and s.get("client_certificate_file") is None
     if needs_secret and s.get("client_secret_file") is None:
         why = f"required: preset {preset_name!r} wants the client secret of relay's registration"
         reader.fail(s.key("client_secret_file"), why)
     organisation_problems(reader, s, app_only)
+    certificate_file, key_file = certificate_files(reader, s)
     redirect_host = reader.one_of(s, "redirect_host", REDIRECT_HOSTS)
     tenant = _tenant(reader, s, base, app_only)
     where = f"preset {preset_name!r} has" if preset_name else "there is no preset with"
@@ -101,6 +106,8 @@ def oauth_settings(
         authorize_params=base.authorize_params if base else (),
         app_only=app_only,
         service_account_file=account_file,
+        client_certificate_file=certificate_file,
+        client_key_file=key_file,
     )
 
 

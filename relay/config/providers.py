@@ -9,7 +9,11 @@ from types import MappingProxyType
 from relay.config.delivery import max_connections, pace_setting
 from relay.config.model import ProviderConfig
 from relay.config.oauth import oauth_settings
-from relay.config.organisation import transport_setting
+from relay.config.organisation import (
+    relay_files_copies,
+    sent_copy_mailbox_setting,
+    transport_setting,
+)
 from relay.config.reader import (
     Reader,
     Section,
@@ -80,6 +84,9 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         reader, s, preset.name if preset else None, preset.oauth2 if preset else None, graph
     )
     transport, graph_url = transport_setting(reader, s, oauth2)
+    self_filing = or_default(files_sent_itself, preset.files_sent_itself if preset else False)
+    relay_files = relay_files_copies(sent_copy, self_filing, imap is not None)
+    copy_mailbox = sent_copy_mailbox_setting(reader, s, oauth2, transport, relay_files)
     ceiling = max_connections(reader, s)
     pace = pace_setting(reader, s, preset.pace if preset else NO_PACE)
     if smtp is None:
@@ -91,9 +98,7 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         imap=imap,
         ca_file=ca_file,
         sent_copy=sent_copy,
-        files_sent_itself=or_default(
-            files_sent_itself, preset.files_sent_itself if preset else False
-        ),
+        files_sent_itself=self_filing,
         domains=or_default(domains, preset.domains if preset else ()),
         max_recipients=or_default(max_recipients, preset.max_recipients if preset else None),
         sent_folder=sent_folder,
@@ -106,6 +111,7 @@ def _provider(reader: Reader, name: str, s: Section) -> ProviderConfig | None:
         ),
         transport=transport,
         graph_url=graph_url,
+        sent_copy_mailbox=copy_mailbox,
     )
 
 

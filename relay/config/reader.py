@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import ipaddress
 import math
 import os
 import re
@@ -140,6 +141,27 @@ class Reader:
         why = "expected a host name or IP address (no scheme, no port)"
         self.fail(s.key(name), f"{why}, got {value!r}")
         return None
+
+    def networks(
+        self, s: Section, name: str, *, allow_empty: bool = True
+    ) -> tuple[str, ...] | None:
+        """A list of networks such as 127.0.0.0/8 or ::1 (a bare address is one host)."""
+        value = s.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not (value or allow_empty):
+            self.fail(
+                s.key(name), f"expected a list of networks like [127.0.0.0/8], got {shown(value)}"
+            )
+            return None
+        networks = []
+        for index, item in enumerate(value):
+            try:
+                networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError:
+                why = f"expected a network like 10.0.0.0/8 or an address, got {shown(item)}"
+                self.fail(f"{s.key(name)}[{index}]", why)
+        return tuple(networks)
 
     def path(self, s: Section, name: str) -> Path | None:
         """A path; a relative one is taken from the config file's directory."""

@@ -24,6 +24,7 @@ logger = logging.getLogger("relay.oauth")  # the name shows in log lines: kept f
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 # RFC 8628 §3.5: on slow_down the interval grows by 5 s for this and every later poll.
 SLOW_DOWN_STEP = 5.0
 DEFAULT_DEVICE_INTERVAL = 5.0
@@ -142,9 +143,17 @@ class TokenEndpoint:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal()}
         return await self._grant(client, form)
 
-    async def client_credentials(self, client: OAuthClient) -> TokenGrant:
-        """An access token for the app itself (RFC 6749 §4.4), for client.scopes."""
+    async def client_credentials(
+        self, client: OAuthClient, assertion: Secret | None = None
+    ) -> TokenGrant:
+        """An access token for the app itself (RFC 6749 §4.4), for client.scopes.
+
+        With assertion the client proves itself with it (RFC 7523 §2.2) instead of a secret.
+        """
         form = {"grant_type": "client_credentials", "scope": " ".join(client.scopes)}
+        if assertion is not None:
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = assertion.reveal()
         return await self._grant(client, form)
 
     async def jwt_bearer(self, client: OAuthClient, assertion: Secret) -> TokenGrant:

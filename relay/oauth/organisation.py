@@ -9,23 +9,24 @@ users' tokens, and a credential that stops working is logged once, with the admi
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from relay.config.appcertificate import CertificateProblem, expiry_problem, read_app_certificate
 from relay.config.model import OAuthSettings
-from relay.config.serviceaccount import ServiceAccountKey, read_service_account
+from relay.config.serviceaccount import read_service_account
 from relay.errors import OAuthError, TemporaryFailure
 from relay.model import OAuthClient, Secret
+from relay.oauth.assertion import client_assertion, jwt_assertion
 from relay.oauth.client import TokenEndpoint, TokenGrant
 from relay.oauth.orgfixes import organisation_fix
+from relay.oauth.orgstatus import HeldFailures
 
 logger = logging.getLogger(__name__)
 
-ASSERTION_LIFETIME = 3600  # seconds; Google takes at most one hour (RFC 7523 §3 leaves it open)
 RENEW_AHEAD = 300.0
 RENEW_AHEAD_SHARE = 0.25
 
@@ -34,38 +35,6 @@ RENEW_AHEAD_SHARE = 0.25
 class _Cached:
     token: Secret = field(repr=False)
     renew_at: float
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def jwt_assertion(
-    key: ServiceAccountKey, subject: str, scopes: tuple[str, ...], now: float
-) -> Secret:
-    """An RS256-signed JWT bearer assertion (RFC 7523 §3) for subject, as Google asks for it."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}
-    if key.private_key_id:
-        header["kid"] = key.private_key_id
-    issued = int(now)
-    claims = {
-        "iss": key.client_email,
-        "sub": subject,  # domain-wide delegation: the user whose mailbox the token opens
-        "scope": " ".join(scopes),
-        "aud": key.token_uri,
-        "iat": issued,
-        "exp": issued + ASSERTION_LIFETIME,
-    }
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-    private = load_pem_private_key(key.private_key.reveal().encode("ascii"), password=None)
-    if not isinstance(private, rsa.RSAPrivateKey):  # read_service_account checked this
-        raise OAuthError("service_account_file", "the private key is not an RSA key")
-    signature = private.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-    return Secret(f"{signing_input}.{_b64(signature)}")
 
 
 class OrganisationTokens:
@@ -78,6 +47,7 @@ class OrganisationTokens:
         on_secret: Callable[[Secret], None] = lambda _secret: None,
         on_failed: Callable[[str], None] = lambda _provider: None,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[dict[str, str]], None] = lambda _failing: None,
     ) -> None:
         self._endpoint = endpoint
         self._on_secret = on_secret
@@ -88,6 +58,9 @@ class OrganisationTokens:
         # provider -> the fix logged for its failing credential: logged once, shown in status.
         self.failing: dict[str, str] = {}
         self.requests = 0
+        self._held = HeldFailures(clock)
+        # Told of each change of failing (the daemon publishes it for relay status).
+        self.on_change = on_change
 
     async def bearer(self, provider: str, settings: OAuthSettings, mailbox: str) -> Secret:
         """A token to log in as mailbox; TemporaryFailure (mail waits) if the credential fails."""
@@ -96,6 +69,9 @@ class OrganisationTokens:
         cached = self._cache.get(key)
         if cached is not None and self._clock() < cached.renew_at:
             return cached.token
+        held = self._held.held(key, settings)
+        if held is not None:
+            raise held  # refused a moment ago, and no file of the credential changed since
         task = self._pending.get(key)
         if task is None:
             task = asyncio.ensure_future(self._fetch(key, provider, settings, mailbox))
@@ -122,13 +98,17 @@ class OrganisationTokens:
             grant = await self._request(settings, mailbox)
         except OAuthError as error:
             self._on_failed(provider)
-            raise self._failure(provider, settings, mailbox, error) from None
+            failure = self._failure(provider, settings, mailbox, error)
+            self._held.hold(key, settings, failure)
+            raise failure from None
+        self._held.release(key)
         self._on_secret(grant.access_token)
         lifetime = grant.lifetime
         renew = grant.expires_at - min(RENEW_AHEAD, lifetime * RENEW_AHEAD_SHARE)
         self._cache[key] = _Cached(grant.access_token, renew)
         if self.failing.pop(provider, None) is not None:
             logger.warning("oauth.organisation_restored provider=%s", provider)
+            self.on_change(dict(self.failing))
         logger.info(
             "oauth.organisation_token provider=%s mailbox=%s expires_in=%.0fs",
             provider,
@@ -139,6 +119,9 @@ class OrganisationTokens:
 
     async def _request(self, settings: OAuthSettings, mailbox: str) -> TokenGrant:
         endpoint = self._endpoint()
+        certificate_file, key_file = settings.client_certificate_file, settings.client_key_file
+        if certificate_file is not None and key_file is not None:
+            return await self._certificate_grant(endpoint, settings, certificate_file, key_file)
         if settings.service_account_file is None:
             client = settings.client()
             if client.client_secret is not None:
@@ -161,6 +144,29 @@ class OrganisationTokens:
         )
         return await endpoint.jwt_bearer(client, assertion)
 
+    async def _certificate_grant(
+        self,
+        endpoint: TokenEndpoint,
+        settings: OAuthSettings,
+        certificate_file: Path,
+        key_file: Path,
+    ) -> TokenGrant:
+        """Client credentials with a client assertion signed by the app's certificate key."""
+        try:
+            # Read at each token request: replaced files take effect without a restart.
+            certificate = read_app_certificate(certificate_file, key_file)
+        except CertificateProblem as problem:
+            raise OAuthError(problem.key, str(problem)) from None
+        self._on_secret(certificate.private_key)
+        now = self._clock()
+        expired = expiry_problem(certificate, certificate_file, now)
+        if expired is not None:
+            raise OAuthError("client_certificate_file", expired)
+        client = settings.client()
+        assertion = client_assertion(certificate, client.client_id, client.token_url, now)
+        self._on_secret(assertion)
+        return await endpoint.client_credentials(client, assertion)
+
     def _failure(
         self, provider: str, settings: OAuthSettings, mailbox: str, error: OAuthError
     ) -> TemporaryFailure:
@@ -172,6 +178,7 @@ class OrganisationTokens:
                 "oauth.organisation_failed provider=%s error=%r fix=%r", provider, str(error), fix
             )
             self.failing[provider] = fix
+            self.on_change(dict(self.failing))
         else:
             logger.debug("oauth.organisation_still_failing provider=%s", provider)
         return TemporaryFailure(451, "4.7.0", text, fix)

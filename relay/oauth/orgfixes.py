@@ -9,6 +9,10 @@ from relay.errors import OAuthError
 # (learn.microsoft.com/entra/identity-platform/reference-error-codes).
 _ENTRA = (
     ("AADSTS7000222", "the app's client secret has expired"),
+    # Certificate credentials: the assertion's certificate is not (or no longer) the app's, or
+    # has expired; or the assertion's times are off (the server's clock).
+    ("AADSTS700027", "the app registration does not take this certificate (deleted or expired)"),
+    ("AADSTS700024", "the client assertion is outside its valid time: check the server's clock"),
     ("AADSTS7000215", "the app's client secret is wrong or was deleted"),
     ("AADSTS700016", "the app is not registered (or not consented) in this tenant"),
     ("AADSTS90002", "the tenant does not exist: check oauth2.tenant"),
@@ -33,8 +37,15 @@ def _microsoft_fix(provider: str, settings: OAuthSettings, error: OAuthError) ->
     what = next((why for code, why in _ENTRA if code in error.description), None)
     if error.error == "client_secret_file":
         return f"relay cannot read the client secret: {error.description}"
+    if error.error in ("client_certificate_file", "client_key_file"):
+        return f"{where}.{error.error}: {error.description}; queued mail waits for it"
+    certificate = settings.client_certificate_file
     if what is None and error.error == "invalid_client":
-        what = "the app's client secret was refused (revoked, expired or mistyped)"
+        what = (
+            "the app's certificate was refused (deleted or expired)"
+            if certificate is not None
+            else "the app's client secret was refused (revoked, expired or mistyped)"
+        )
     if what is None and error.error == "unauthorized_client":
         what = "the app is not allowed this grant in the tenant"
     if what is None:
@@ -42,7 +53,13 @@ def _microsoft_fix(provider: str, settings: OAuthSettings, error: OAuthError) ->
             f"the token endpoint said {error.error}; run 'relay check' for a user of "
             f"{provider} and compare with docs/oauth2.md, organisation-wide sign-in"
         )
-    if "secret" in what:
+    if "certificate" in what:
+        step = (
+            f"upload a new certificate in Entra admin center > App registrations > "
+            f"{settings.client_id} > Certificates & secrets > Certificates and write it and its "
+            f"key to {certificate} and {settings.client_key_file}"
+        )
+    elif "secret" in what and certificate is None:
         step = (
             f"create a new secret in Entra admin center > App registrations > "
             f"{settings.client_id} > Certificates & secrets and write it to {secret_file}"

@@ -24,6 +24,13 @@ class Transport(enum.Enum):
     GRAPH = "graph"
 
 
+class SentCopyMailbox(enum.Enum):
+    """Whose Sent folder gets the copy of a mail sent as a shared address (Send As)."""
+
+    UPSTREAM_USER = "upstream_user"  # the mailbox relay logs in as, as Exchange and Gmail do
+    SENDER = "sender"  # the mailbox of the From address, when it is one of the user's aliases
+
+
 class SentCopy(enum.Enum):
     """Whether relay APPENDs a copy of each sent mail to the user's Sent folder."""
 

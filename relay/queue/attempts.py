@@ -26,13 +26,13 @@ from relay.queue.records import QueueEntry
 from relay.queue.spool import Spool
 from relay.reply import Reply, provider_not_configured
 from relay.state.store import Store
-from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount
 from relay.upstream.credentials import Credentials, UpstreamSecret
 from relay.upstream.graph import GraphAccount, GraphTransport
 from relay.upstream.pool import UpstreamPool
 from relay.upstream.replies import refusal_reply
 from relay.upstream.sasl import bearer_refused_fix
+from relay.upstream.sendas import copy_mailbox, message_header
 
 logger = logging.getLogger("relay.attempts")  # the name shows in log lines: kept from 0.1
 LOGGED_RECIPIENTS = 5  # the addresses a delivery.attempt line names; then "+N"
@@ -73,6 +73,19 @@ class Attempts:
     def config(self) -> RelayConfig:
         """The config in force (a reload replaces it)."""
         return self._live.current
+
+    @property
+    def graph(self) -> GraphTransport:
+        """The Graph transport, its HTTP clients kept open across mails."""
+        if self._graph is None:
+            upstream = self.config.upstream
+            self._graph = GraphTransport(self._pool.tls, upstream.connect_timeout, upstream.timeout)
+        return self._graph
+
+    async def close(self) -> None:
+        """Close Graph's kept HTTP clients."""
+        if self._graph is not None:
+            await self._graph.close()
 
     async def attempt(self, entry: QueueEntry, data: bytes | None, user: User | None) -> Verdict:
         """Try the pending recipients once, with data in memory or (None) read from the spool.
@@ -183,13 +196,11 @@ class Attempts:
         recipients: list[str],
         data: bytes,
     ) -> SendOutcome:
-        """Graph sendMail as the user's mailbox (upstream_user), with the app's token."""
-        if self._graph is None:
-            upstream = self.config.upstream
-            self._graph = GraphTransport(TlsContexts(), upstream.connect_timeout, upstream.timeout)
+        """Graph sendMail as the user's mailbox (Send As: From's), with the app's token."""
         base = provider.graph_url or GRAPH_URL
-        account = GraphAccount(base, user.upstream_user, opened.secret, provider.ca_file)
-        return await self._graph.send(account, recipients, data)
+        mailbox = copy_mailbox(user, provider, await message_header(data))
+        account = GraphAccount(base, mailbox, opened.secret, provider.ca_file)
+        return await self.graph.send(account, recipients, data)
 
     def log(self, entry: QueueEntry, verdict: Verdict, delay: float) -> None:
         """Log the attempt's delivery.attempt line and count it in the metrics."""

@@ -91,7 +91,8 @@ class Delivery:
         self._provider_is_back = provider_is_back
         # Users with deferred mail: only for them does a delivery make other mail due.
         self.deferred_users: set[str] = set()
-        self._random = random.SystemRandom()
+        # Retry jitter needs no secrecy: a seeded generator, not a getrandom() call per mail.
+        self._random = random.Random()  # noqa: S311
 
     @property
     def config(self) -> RelayConfig:

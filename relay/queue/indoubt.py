@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from enum import Enum
 
 from relay.config.model import ProviderConfig
 from relay.errors import PolicyRejection, SentCopyError, UpstreamError
-from relay.model import User
+from relay.model import Secret, User
+from relay.providers.presets import GRAPH_URL, Transport
 from relay.queue.records import QueueEntry
+from relay.queue.spool import Spool
 from relay.reply import Reply
 from relay.sent.filing import imap_account, sent_folder_holds, sent_folder_override
 from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome
 from relay.upstream.credentials import Credentials
+from relay.upstream.graph import GraphAccount, GraphTransport
+from relay.upstream.sendas import copy_mailbox, message_header
 
 logger = logging.getLogger("relay.attempts")  # the name shows in log lines: kept from 0.1
 
@@ -42,9 +47,17 @@ class Doubt(Enum):
 class InDoubtCheck:
     """Decides, for mail an earlier attempt may have delivered, whether to send it again."""
 
-    def __init__(self, credentials: Credentials, tls: TlsContexts) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        tls: TlsContexts,
+        graph: Callable[[], GraphTransport],
+        spool: Spool,
+    ) -> None:
         self._credentials = credentials
         self._tls = tls
+        self._graph = graph
+        self._spool = spool
 
     async def decide(
         self, entry: QueueEntry, user: User | None, provider: ProviderConfig | None, timeout: float
@@ -88,6 +101,8 @@ class InDoubtCheck:
         self, entry: QueueEntry, user: User, provider: ProviderConfig, timeout: float
     ) -> bool:
         opened = await self._credentials.open(user, provider)
+        if provider.transport is Transport.GRAPH:
+            return await self._look_in_sent_items(entry, user, provider, opened.secret)
         account = imap_account(user, provider, opened.secret, bearer=opened.bearer)
         if account is None:
             return False
@@ -100,6 +115,18 @@ class InDoubtCheck:
             timeout=timeout,
         )
 
+    async def _look_in_sent_items(
+        self, entry: QueueEntry, user: User, provider: ProviderConfig, token: Secret
+    ) -> bool:
+        """Graph: the Sent Items of the mailbox sendMail went through (Send As: From's)."""
+        # The header is in the spool's first piece: reading it is cheap next to a re-send.
+        data = await self._spool.open_data(entry.id)
+        header = await message_header(data) if data is not None else b""
+        mailbox = copy_mailbox(user, provider, header)
+        base = provider.graph_url or GRAPH_URL
+        account = GraphAccount(base, mailbox, token, provider.ca_file)
+        return await self._graph().sent_items_hold(account, entry.message_id)
+
 
 def found_in_sent(entry: QueueEntry) -> SendOutcome:
     """The outcome of mail found in Sent: delivered to every recipient still pending."""
@@ -107,4 +134,6 @@ def found_in_sent(entry: QueueEntry) -> SendOutcome:
 
 
 def _files_sent_itself(provider: ProviderConfig) -> bool:
+    if provider.transport is Transport.GRAPH:
+        return True  # sendMail saves to Sent Items; Graph's query looks there
     return provider.files_sent_itself and provider.imap is not None

@@ -83,12 +83,13 @@ class QueueRunner:
         self.pacer = Pacer()
         self._sent = SentCopies(live, store, spool, credentials, pool.tls, ops, self.pause, writer)
         self._bounces = Bounces(live, store, spool, self._attempt_now)
+        self._attempts = Attempts(live, store, credentials, pool, spool, ops)
         parts = DeliveryParts(
             live=live,
             store=store,
             spool=spool,
-            attempts=Attempts(live, store, credentials, pool, spool, ops),
-            doubts=InDoubtCheck(credentials, pool.tls),
+            attempts=self._attempts,
+            doubts=InDoubtCheck(credentials, pool.tls, lambda: self._attempts.graph, spool),
             bounces=self._bounces,
             sent=self._sent,
             pause=self.pause,
@@ -270,6 +271,7 @@ class QueueRunner:
         # QUIT to idle sessions within what is left of the grace time, then they are cut.
         left = max(0.1, deadline - loop.time())
         await self._pool.close_all(quit_timeout=min(QUIT_TIMEOUT, left))
+        await self._attempts.close()
         await self._credentials.tokens.close()
 
     @property

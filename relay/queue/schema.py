@@ -94,12 +94,9 @@ def open_database(path: Path) -> sqlite3.Connection:
         if version > SCHEMA_VERSION:
             db.close()
             raise StoreError(f"spool {path} has schema {version} (made by a newer relay)")
-        if version == 1:
-            _move_data_to_bodies(db)
-        if version in (1, 2):
-            _add_in_doubt_columns(db)
-        if version in (1, 2, 3):
-            _add_envelope_params(db)
+        for to_version, statements in _MIGRATIONS:
+            if 1 <= version < to_version:  # 0: a new file, which SCHEMA makes as it is now
+                _migrate(db, to_version, statements)
         db.executescript(SCHEMA)
         db.executescript(SENT_JOBS_SCHEMA)
         if version != SCHEMA_VERSION:
@@ -126,50 +123,48 @@ def checkpoint(db: sqlite3.Connection) -> bool:
     return busy == 0
 
 
-def _move_data_to_bodies(db: sqlite3.Connection) -> None:
-    """Schema 1 to 2: move each queued message's data out of `messages`, in one transaction."""
+# Each step from the schema before it: the statements that make the version given.
+_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    # 2: each queued message's data moves out of `messages`.
+    (
+        2,
+        (
+            BODIES_TABLE,
+            "INSERT INTO bodies (message_seq, data) SELECT seq, upstream_data FROM messages",
+            "ALTER TABLE messages DROP COLUMN upstream_data",
+        ),
+    ),
+    # 3: the columns that mark mail an attempt may have delivered.
+    (
+        3,
+        (
+            "ALTER TABLE messages ADD COLUMN claimed_at REAL",
+            "ALTER TABLE messages ADD COLUMN resent_in_doubt INTEGER NOT NULL DEFAULT 0",
+        ),
+    ),
+    # 4: the SMTPUTF8 and DSN parameters mail carries from the app to the provider.
+    (
+        4,
+        (
+            "ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE messages ADD COLUMN dsn_ret TEXT",
+            "ALTER TABLE messages ADD COLUMN dsn_envid TEXT",
+            "ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE recipients ADD COLUMN orcpt TEXT",
+        ),
+    ),
+)
+
+
+def _migrate(db: sqlite3.Connection, to_version: int, statements: tuple[str, ...]) -> None:
+    """One step up to to_version, in one transaction."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        if db.execute("PRAGMA user_version").fetchone()[0] != 1:
-            db.execute("COMMIT")  # another relay process upgraded it while this one waited
-            return
-        db.execute(BODIES_TABLE)
-        db.execute("INSERT INTO bodies (message_seq, data) SELECT seq, upstream_data FROM messages")
-        db.execute("ALTER TABLE messages DROP COLUMN upstream_data")
-        db.execute("PRAGMA user_version = 2")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
-def _add_in_doubt_columns(db: sqlite3.Connection) -> None:
-    """Schema 2 to 3: the columns that mark mail an attempt may have delivered."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-        if "claimed_at" not in columns:  # else another relay process upgraded it meanwhile
-            db.execute("ALTER TABLE messages ADD COLUMN claimed_at REAL")
-            db.execute("ALTER TABLE messages ADD COLUMN resent_in_doubt INTEGER NOT NULL DEFAULT 0")
-        db.execute("PRAGMA user_version = 3")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-
-
-def _add_envelope_params(db: sqlite3.Connection) -> None:
-    """Schema 3 to 4: the SMTPUTF8 and DSN parameters mail carries from the app to the provider."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-        if "smtputf8" not in columns:  # else another relay process upgraded it meanwhile
-            db.execute("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")
-            db.execute("ALTER TABLE messages ADD COLUMN dsn_ret TEXT")
-            db.execute("ALTER TABLE messages ADD COLUMN dsn_envid TEXT")
-            db.execute("ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT ''")
-            db.execute("ALTER TABLE recipients ADD COLUMN orcpt TEXT")
-        db.execute("PRAGMA user_version = 4")
+        # Another relay process may have taken the step while this one waited for the lock.
+        if db.execute("PRAGMA user_version").fetchone()[0] < to_version:
+            for statement in statements:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {to_version}")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

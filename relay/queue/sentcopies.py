@@ -38,6 +38,7 @@ from relay.state.store import Store
 from relay.state.writer import StoreWriter, write_to
 from relay.tls import TlsContexts
 from relay.upstream.credentials import Credentials, UpstreamSecret
+from relay.upstream.sendas import as_mailbox, copy_mailbox, message_header
 
 logger = logging.getLogger("relay.sentcopies")  # the name shows in log lines: kept from 0.1
 
@@ -66,7 +67,8 @@ class SentCopies:
         self._ops = ops
         self._inflight: set[str] = set()
         self._tried: set[str] = set()  # jobs this process has tried and not finished
-        self._random = random.SystemRandom()
+        # Retry jitter needs no secrecy: a seeded generator, not a getrandom() call per mail.
+        self._random = random.Random()  # noqa: S311
 
     @property
     def config(self) -> RelayConfig:
@@ -143,12 +145,15 @@ class SentCopies:
             )
             await self._done(job.id)
             return
+        # Send As: the copy may belong in the shared mailbox's Sent (sent_copy_mailbox).
+        copier = as_mailbox(user, copy_mailbox(user, provider, await message_header(job.data)))
         try:
-            result = await self._append_as(job, user, provider)
+            result = await self._append_as(job, copier, provider)
         except SentCopyError as error:
             await self._sent_copy_failed(job, user, error)
             return
-        remember = result.folder_to_remember
+        # Another mailbox's folder is not the user's to remember.
+        remember = result.folder_to_remember if copier is user else None
         if remember is not None and remember != user.sent_folder_found:
             await write_to(
                 self._store,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from relay.config.model import ProviderConfig, RelayConfig
 from relay.errors import PolicyRejection
 from relay.model import Secret, UpstreamAuth, User
 from relay.oauth.client import TokenEndpoint, token_http_client
+from relay.oauth.orgstatus import publisher
 from relay.oauth.tokens import AccessTokens, usable_grant
 from relay.state.keys import MasterKey
 from relay.state.sealing import UPSTREAM_CREDENTIAL, open_secret
@@ -103,6 +105,7 @@ def open_credentials(
     on_secret: Callable[[Secret], None] = lambda _secret: None,
     on_refresh_failed: Callable[[str], None] = lambda _provider: None,
     writer: StoreWriter | None = None,
+    publish_to: Path | None = None,
 ) -> Credentials:
     """Credentials for the daemon or the CLI, with the token endpoint made on first use."""
 
@@ -119,4 +122,7 @@ def open_credentials(
         on_refresh_failed=on_refresh_failed,
         writer=writer,
     )
+    if publish_to is not None:
+        # The daemon's: relay status shows which organisation credentials get no token.
+        tokens.organisation.on_change = publisher(publish_to)
     return Credentials(master_key, tokens, on_secret)

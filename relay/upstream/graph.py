@@ -4,7 +4,11 @@ Graph takes the message as base64 text/plain (POST /users/{id}/sendMail, "Send m
 MIME content") and answers 202; the recipients are the message's To, Cc and Bcc, not an
 envelope, so relay names envelope recipients missing from them in a Bcc header and refuses a
 mail whose header names someone the envelope does not. Graph files the copy in the mailbox's
-Sent Items itself (saveToSentItems defaults to true), so relay files none.
+Sent Items itself (saveToSentItems defaults to true), so relay files none: in the Sent Items of
+the mailbox in the URL (Microsoft Graph, "Send Outlook messages from another user"). One HTTP
+client per Graph endpoint and trust is kept open, so TLS is not paid per mail. A request whose
+answer is lost after it went out is in doubt, as SMTP's lost reply to DATA is; the Sent Items
+query of sent_items_hold() is what relay.queue.indoubt looks at before sending it again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from relay.errors import (
+    DeliveryInDoubt,
     PermanentFailure,
     PermanentLoginRefusal,
     TemporaryFailure,
@@ -48,6 +54,11 @@ ACCESS_HINT = (
     "this mailbox (an application access policy or Exchange RBAC for Applications may leave "
     "it out): docs/oauth2.md, Graph"
 )
+SEND_AS_HINT = (
+    "the mailbox sent through has no Send As right on the From address: an Exchange admin runs "
+    "Add-RecipientPermission FROM -Trustee MAILBOX -AccessRights SendAs (docs/oauth2.md, "
+    "Send As)"
+)
 MAILBOX_HINT = "the mailbox does not exist or has no Exchange Online licence: check the address"
 DETAIL_CHARS = 300
 
@@ -65,6 +76,12 @@ class GraphAccount:
     def url(self) -> str:
         """The sendMail address for the mailbox."""
         return f"{self.base_url}/users/{quote(self.mailbox, safe='@')}/sendMail"
+
+    @property
+    def sent_items_url(self) -> str:
+        """The mailbox's Sent Items messages (GET /users/{id}/mailFolders/SentItems/messages)."""
+        mailbox = quote(self.mailbox, safe="@")
+        return f"{self.base_url}/users/{mailbox}/mailFolders/SentItems/messages"
 
     @property
     def host(self) -> str:
@@ -86,6 +103,9 @@ class GraphTransport:
         self._connect = connect_timeout
         self._timeout = timeout
         self._clock = clock
+        # (Graph's base URL, CA file) -> the client and the TLS context it was made with.
+        self._clients: dict[tuple[str, Path | None], tuple[httpx.AsyncClient, ssl.SSLContext]] = {}
+        self.clients_made = 0
 
     async def send(self, account: GraphAccount, recipients: list[str], data: bytes) -> SendOutcome:
         """Send data to recipients as account; UpstreamError when Graph does not take it."""
@@ -97,25 +117,81 @@ class GraphTransport:
             "Content-Type": "text/plain",
         }
         began = time.monotonic()
-        async with httpx.AsyncClient(
-            verify=self._tls.for_ca_file(account.ca_file),
-            timeout=httpx.Timeout(self._timeout, connect=self._connect),
-            follow_redirects=False,  # the bearer token goes to Graph and nowhere else
-            trust_env=False,
-        ) as http:
-            try:
-                response = await http.post(account.url, content=body, headers=headers)
-            except httpx.TimeoutException:
-                text = f"{account.host}: no answer to sendMail within {self._timeout:g} s"
-                raise UpstreamTimeout(451, "4.4.2", text) from None
-            except httpx.HTTPError as error:
-                text = f"{account.host}: {type(error).__name__}: {error}"
-                raise UpstreamUnavailable(451, "4.4.1", text) from None
+        http = await self._client(account)
+        try:
+            response = await http.post(account.url, content=body, headers=headers)
+        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as error:
+            # The whole request went out and no answer came back: Graph may have sent the mail.
+            what = type(error).__name__
+            text = f"{account.host}: no answer to sendMail ({what}): it may have sent the mail"
+            raise DeliveryInDoubt(451, "4.4.2", text) from None
+        except httpx.TimeoutException:
+            text = f"{account.host}: no answer to sendMail within {self._timeout:g} s"
+            raise UpstreamTimeout(451, "4.4.2", text) from None
+        except httpx.HTTPError as error:
+            text = f"{account.host}: {type(error).__name__}: {error}"
+            raise UpstreamUnavailable(451, "4.4.1", text) from None
         if response.status_code == 202:
             seconds = time.monotonic() - began
             delivered = dict.fromkeys(recipients, ACCEPTED)
             return SendOutcome(reply=ACCEPTED, delivered=delivered, seconds=seconds)
         raise graph_error(response, self._clock())
+
+    async def sent_items_hold(self, account: GraphAccount, message_id: str) -> bool:
+        """Whether the mailbox's Sent Items hold message_id; UpstreamError when Graph won't say.
+
+        Needs an application permission that reads mail (Mail.ReadBasic.All or Mail.Read):
+        Mail.Send alone is answered 403, and the caller then sends again.
+        """
+        import httpx
+
+        wanted = message_id if message_id.startswith("<") else f"<{message_id}>"
+        # OData: a string literal is in single quotes, a quote inside it doubled.
+        literal = wanted.replace("'", "''")
+        params = {"$filter": f"internetMessageId eq '{literal}'", "$select": "id", "$top": "1"}
+        headers = {"Authorization": f"Bearer {account.token.reveal()}"}
+        http = await self._client(account)
+        try:
+            response = await http.get(account.sent_items_url, params=params, headers=headers)
+        except httpx.HTTPError as error:
+            text = f"{account.host}: {type(error).__name__}: {error}"
+            raise UpstreamUnavailable(451, "4.4.1", text) from None
+        if response.status_code != 200:
+            raise graph_error(response, self._clock())
+        try:
+            found = response.json().get("value")
+        except (ValueError, AttributeError):
+            found = None
+        if not isinstance(found, list):
+            raise TemporaryFailure(451, "4.3.0", f"{account.host}: Sent Items answer is not a list")
+        return bool(found)
+
+    async def close(self) -> None:
+        """Close every kept client; the next request opens a new one."""
+        clients, self._clients = self._clients, {}
+        for http, _ in clients.values():
+            await http.aclose()
+
+    async def _client(self, account: GraphAccount) -> httpx.AsyncClient:
+        """The open client for this Graph endpoint and trust; a new one once a CA is re-read."""
+        import httpx
+
+        key = (account.base_url, account.ca_file)
+        context = self._tls.for_ca_file(account.ca_file)
+        kept = self._clients.get(key)
+        if kept is not None and kept[1] is context and not kept[0].is_closed:
+            return kept[0]
+        if kept is not None:
+            await kept[0].aclose()
+        http = httpx.AsyncClient(
+            verify=context,
+            timeout=httpx.Timeout(self._timeout, connect=self._connect),
+            follow_redirects=False,  # the bearer token goes to Graph and nowhere else
+            trust_env=False,
+        )
+        self._clients[key] = (http, context)
+        self.clients_made += 1
+        return http
 
 
 def graph_mime(data: bytes, recipients: list[str]) -> bytes:
@@ -158,7 +234,8 @@ def graph_error(response: httpx.Response, now: float) -> UpstreamError:
         # Answered like a refused SMTP login: relay tries once with a fresh token.
         return PermanentLoginRefusal(535, "5.7.8", text)
     if status == 403:
-        return PermanentFailure(550, "5.7.1", text, ACCESS_HINT)
+        hint = SEND_AS_HINT if code == "ErrorSendAsDenied" else ACCESS_HINT
+        return PermanentFailure(550, "5.7.1", text, hint)
     if status == 404:
         return PermanentFailure(550, "5.1.1", text, MAILBOX_HINT)
     if status == 413:

@@ -44,6 +44,7 @@ USERS = (
     ("carol", "example.net"),
     ("dave", "example.net"),
     ("erin", "example.net"),
+    ("sales", "example.org"),  # a shared mailbox: users send as it (Send As), none logs in
 )
 # Postfix files a copy of everything erin submits in her Sent folder, as Gmail and Microsoft 365
 # do: sender_bcc_maps sends it to erin+Sent, which Dovecot's LMTP saves into "Sent".
