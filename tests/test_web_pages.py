@@ -188,6 +188,7 @@ def test_only_the_users_own_mailbox_may_sign_in() -> None:
         ({"port": 70000}, "web.port", ""),
         ({"tls_cert": "cert.pem"}, "web.tls_cert", "file not found"),
         ({"invite_lifetime": 0}, "web.invite_lifetime", ""),
+        ({"attempts_per_ip": 0}, "web.attempts_per_ip", ""),
         ({"enable": True}, "web.enable", ""),
     ],
 )
@@ -201,6 +202,7 @@ def test_the_web_pages_are_off_unless_turned_on() -> None:
     config = parse_config({"providers": {}}, "config.yaml", Path("."))
     assert not config.web.enabled and config.web.is_loopback
     assert config.web.invite_lifetime == 72 * 3600
+    assert config.web.attempts_per_ip == 20
 
 
 # --- The guard, against the real listener (relay/web/guard.py, server.py) ---

@@ -211,6 +211,7 @@ class WebConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     invite_lifetime: float = 72 * 3600.0  # seconds an enrollment link stays usable
+    attempts_per_ip: int = 20  # password forms one client address may post per 15 minutes
 
     @property
     def is_loopback(self) -> bool:

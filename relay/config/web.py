@@ -25,6 +25,9 @@ def web_config(reader: Reader, top: Section) -> WebConfig:
         tls_cert=reader.readable_file(s, "tls_cert"),
         tls_key=reader.readable_file(s, "tls_key"),
         invite_lifetime=or_default(reader.seconds(s, "invite_lifetime"), default.invite_lifetime),
+        attempts_per_ip=or_default(
+            reader.integer(s, "attempts_per_ip", 1, 1_000_000), default.attempts_per_ip
+        ),
     )
     has_cert, has_key = s.get("tls_cert") is not None, s.get("tls_key") is not None
     if has_cert and not has_key:

@@ -4,40 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from relay.check.diagnosis import run_check
-from relay.check.report import CheckReport
+from relay.check.report import CheckReport, StageResult
 from relay.model import CheckRecord, OAuthGrant, Secret, UpstreamAuth, User
 from relay.state.invites import NO_LOCAL_SECRET, Invitation
 from relay.state.localauth import generate_local_secret, hash_generated_secret
 from relay.state.sealing import UPSTREAM_CREDENTIAL, user_context
 from relay.tls import TlsContexts
 from relay.upstream.credentials import Credentials, UpstreamSecret, open_credentials
+from relay.web.outcome import LocalLogin, Outcome
 from relay.web.site import Site
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_CHARS = 300  # as `relay check` keeps for `relay user list`
-
-
-@dataclass(frozen=True, slots=True)
-class LocalLogin:
-    """What the user pastes into their app, shown once."""
-
-    host: str
-    port: int
-    starttls: bool
-    login: str
-    secret: Secret = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A test's report, and the local login when it enrolled the user."""
-
-    report: CheckReport
-    issued: LocalLogin | None = None
 
 
 class _Candidate:
@@ -54,7 +37,7 @@ class _Candidate:
 
 
 class _Stored:
-    """The user's stored OAuth2 grant, renewed for the test as `relay check` does."""
+    """What relay holds for the user (password, or OAuth2 grant renewed as `relay check` does)."""
 
     def __init__(self, site: Site, user: User) -> None:
         self._site = site
@@ -77,17 +60,26 @@ class _Stored:
             await self._credentials.tokens.close()
 
 
-async def run_test(site: Site, user: User, password: Secret | None) -> Outcome:
-    """Check the user with the typed password (or their grant); enroll them if it passes."""
+async def run_test(
+    site: Site,
+    user: User,
+    password: Secret | None,
+    *,
+    send_to: str | None = None,
+    on_stage: Callable[[StageResult], Awaitable[None]] | None = None,
+) -> Outcome:
+    """Check the user with the typed password (or what relay holds); enroll them if it passes."""
     sealed = None
     if password is not None:
         sealed = site.key.seal(password, user_context(user, UPSTREAM_CREDENTIAL))
         candidate = replace(user, auth=UpstreamAuth.PASSWORD, sealed_secret=sealed)
-        report = await run_check(site.config, candidate, _Candidate(password))
+        report = await run_check(
+            site.config, candidate, _Candidate(password), send_to=send_to, on_stage=on_stage
+        )
     else:
         stored = _Stored(site, user)
         try:
-            report = await run_check(site.config, user, stored)
+            report = await run_check(site.config, user, stored, send_to=send_to, on_stage=on_stage)
         finally:
             await stored.close()
     _record(site, report)
@@ -131,7 +123,10 @@ def _enroll(site: Site, login: str, sealed: bytes | None) -> LocalLogin | None:
         store.grants.forget(login)  # the password replaces an OAuth2 grant, if there was one
     store.invitations.enrolled(login)
     site.attempts.passed(login)
-    logger.info("web.enrolled user=%s method=%s", login, method)
+    if first or sealed is not None:
+        logger.info("web.enrolled user=%s method=%s", login, method)
+    else:
+        logger.info("web.test_passed user=%s method=%s", login, method)
     return None if secret is None else local_login(site, user, secret)
 
 
@@ -165,3 +160,11 @@ def user_state(user: User, grant: OAuthGrant | None, pending: Invitation | None)
     if user.enabled:
         return "enabled"
     return "awaiting-check" if user.awaiting_check else "disabled"
+
+
+def holds_secret(site: Site, user: User) -> bool:
+    """Whether relay holds something to test the user with: a password or a live grant."""
+    if user.auth is UpstreamAuth.PASSWORD:
+        return user.sealed_secret is not None
+    grant = site.store.grants.get(user.login)
+    return grant is not None and grant.sealed_refresh is not None

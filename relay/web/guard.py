@@ -48,6 +48,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = site.render(request, "message.html", 404, message="error.not_found", fields={})
     except web.HTTPMethodNotAllowed:
         response = site.render(request, "message.html", 405, message="error.not_found", fields={})
+    if response.prepared:
+        return response  # a stream (live Test) sent its headers itself, with security_headers
     cookie = request.get(NEW_COOKIE_KEY)
     if cookie is not None:
         response.set_cookie(
@@ -58,7 +60,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             secure=site.secure,
             samesite="Strict",
         )
-    _security_headers(site, request, response)
+    security_headers(site, request, response)
     return response
 
 
@@ -112,7 +114,8 @@ async def form_of(request: web.Request) -> dict[str, str]:
     return fields
 
 
-def _security_headers(site: Site, request: web.Request, response: web.StreamResponse) -> None:
+def security_headers(site: Site, request: web.Request, response: web.StreamResponse) -> None:
+    """The strict policy headers every page and stream carries."""
     extra = response.get(FORM_ACTION_KEY, ())
     form_action = " ".join(("'self'", *extra))
     response.headers["Content-Security-Policy"] = (

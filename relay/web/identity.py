@@ -44,12 +44,13 @@ def signed_in_account(id_token: Secret | None, client_id: str, now: float | None
 
 def require_account(user: User, signed_in: str) -> None:
     """WrongAccount unless signed_in is the mailbox relay sends as for user."""
-    wanted = {_canonical(user.upstream_user), _canonical(user.email)}
-    if _canonical(signed_in) not in wanted:
+    wanted = {canonical_address(user.upstream_user), canonical_address(user.email)}
+    if canonical_address(signed_in) not in wanted:
         raise WrongAccount(signed_in, user.upstream_user)
 
 
-def _canonical(address: str) -> str:
+def canonical_address(address: str) -> str:
+    """The address as the mailbox knows it: case folded, Gmail's dots left out."""
     local, _, domain = address.strip().casefold().rpartition("@")
     if domain in DOTLESS_DOMAINS:
         local = local.replace(".", "")

@@ -16,9 +16,10 @@ from relay.config.live import LiveConfig
 from relay.config.model import WebConfig
 from relay.state.keys import key_path, load_key
 from relay.state.store import Store
-from relay.web import pages, signin
+from relay.web import pages, returning, signin, testpage
 from relay.web.guard import guard
 from relay.web.language import Catalogues
+from relay.web.ratelimit import AddressLimit
 from relay.web.site import CALLBACK_PATH, SITE, Site, templates
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class WebServer:
             catalogues=Catalogues.shipped(),
             templates=templates(),
             smtp_addresses=self._smtp_addresses,
+            address_limit=AddressLimit(settings.attempts_per_ip),
         )
         app = web.Application(middlewares=[guard], client_max_size=MAX_FORM_BYTES)
         app[SITE] = site
@@ -92,11 +94,14 @@ class WebServer:
 
 def _routes(app: web.Application, prefix: str) -> None:
     static = resources.files("relay.web").joinpath("static")
-    app.router.add_get(prefix + "/", pages.index)
+    app.router.add_get(prefix + "/", returning.welcome)
+    app.router.add_post(prefix + "/signin", returning.sign_in_with_password)
+    app.router.add_post(prefix + "/signin/oauth2", signin.start_returning)
     app.router.add_get(prefix + "/enroll/{token}", pages.landing)
     app.router.add_post(prefix + "/enroll/{token}", pages.redeem)
     app.router.add_get(prefix + "/me", pages.me)
-    app.router.add_post(prefix + "/test", pages.test)
+    app.router.add_post(prefix + "/test", testpage.test)
+    app.router.add_post(prefix + "/test/live", testpage.test_live)
     app.router.add_post(prefix + "/secret", pages.new_secret)
     app.router.add_post(prefix + "/oauth2/start", signin.start)
     app.router.add_get(prefix + CALLBACK_PATH, signin.callback)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from relay.model import Secret
 from relay.oauth.client import Pkce
+from relay.web.outcome import Outcome
 
 SESSION_IDLE = 30 * 60.0  # seconds without a request before a session ends
 SESSION_LIFETIME = 4 * 3600.0
@@ -17,6 +18,7 @@ SESSION_LIMIT = 10_000  # past it the oldest sessions go first: memory stays bou
 SIGN_IN_LIFETIME = 10 * 60.0  # RFC 6749 §4.1.2 recommends codes of ten minutes at most
 FREE_FAILURES = 3  # failed tests per login before each next one waits
 MAX_DELAY = 300.0
+TRACKED_FAILURES = 10_000  # keys counted at once; sign-in keys are typed addresses, so bounded
 
 
 @dataclass(slots=True)
@@ -27,11 +29,12 @@ class PendingSignIn:
     pkce: Pkce
     redirect_uri: str
     started: float
+    provider: str | None = None  # a returning user's sign-in at this provider; None: enrolling
 
 
 @dataclass(slots=True)
 class BrowserSession:
-    """One browser's visit; bound to a login once an enrollment link was redeemed."""
+    """One browser's visit; bound to a login once a link was redeemed or the mailbox proven."""
 
     csrf: Secret = field(repr=False)
     created: float
@@ -39,6 +42,7 @@ class BrowserSession:
     login: str | None = None
     sign_in: PendingSignIn | None = None
     notice: tuple[str, dict[str, str]] | None = None  # a catalogue key shown once, and fields
+    outcome: Outcome | None = None  # the last Test's, until the next page shows it once
 
     def csrf_matches(self, offered: str) -> bool:
         """Whether a form carried this session's CSRF token (compared in constant time)."""
@@ -119,8 +123,10 @@ class Attempts:
     def failed(self, login: str, now: float | None = None) -> None:
         """Count a failed test of login."""
         now = time.monotonic() if now is None else now
-        count, _ = self._failures.get(login, (0, 0.0))
-        self._failures[login] = (count + 1, now)
+        count, _ = self._failures.pop(login, (0, 0.0))
+        self._failures[login] = (count + 1, now)  # latest last: the first to go is the oldest
+        while len(self._failures) > TRACKED_FAILURES:
+            del self._failures[next(iter(self._failures))]
 
     def passed(self, login: str) -> None:
         """A passing test starts the count afresh."""

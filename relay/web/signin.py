@@ -1,4 +1,9 @@
-"""Sign in with the provider from the page: authorization code + PKCE to public_url."""
+"""Sign in with the provider from the page: authorization code + PKCE to public_url.
+
+Two journeys share the callback: a user on their page authorizes relay to send (the grant is
+kept), and a returning user proves who they are (their page opens; an OAuth2 user's grant is
+renewed on the way).
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,30 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from relay.config.model import ProviderConfig
 from relay.errors import OAuthError, WrongAccount
-from relay.model import OAuthClient, Secret, User
+from relay.model import OAuthClient, Secret, UpstreamAuth, User
 from relay.oauth.client import Pkce, TokenEndpoint, TokenGrant, authorization_url, token_http_client
 from relay.oauth.tokens import refresh_token_context
 from relay.tls import TlsContexts
-from relay.web.guard import FORM_ACTION_KEY, form_of, require_session
-from relay.web.identity import IDENTITY_SCOPES, require_account, signed_in_account
+from relay.web.guard import FORM_ACTION_KEY, form_of, require_session, rotate_session
+from relay.web.identity import (
+    IDENTITY_SCOPES,
+    canonical_address,
+    require_account,
+    signed_in_account,
+)
 from relay.web.sessions import SIGN_IN_LIFETIME, BrowserSession, PendingSignIn
 from relay.web.site import PageError, Site, session_of, site_of
+from relay.web.users import session_user
 
 logger = logging.getLogger(__name__)
 
 BOUNCE = "resumed"  # query flag of the callback reloaded from relay's own page
 
 
-def client_for(site: Site, user: User) -> OAuthClient:
+def client_for(provider: ProviderConfig | None) -> OAuthClient:
     """The provider's OAuth2 client, asking for who signed in as well; PageError if none."""
-    provider = site.provider(user)
     if provider is None or provider.oauth2 is None:
         raise PageError(404, "error.not_found")
     try:
@@ -38,33 +49,60 @@ def client_for(site: Site, user: User) -> OAuthClient:
     return replace(client, scopes=scopes)
 
 
-def sign_in_origin(site: Site, user: User) -> str | None:
+def sign_in_origin(provider: ProviderConfig | None) -> str | None:
     """scheme://host of the provider's authorization endpoint, for the page's form-action."""
-    provider = site.provider(user)
     if provider is None or provider.oauth2 is None:
         return None
     parts = urlsplit(provider.oauth2.authorize_url)
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def sign_in_providers(site: Site) -> list[ProviderConfig]:
+    """Providers a returning user can sign in at: those with each user's own OAuth2 sign-in."""
+    return [
+        provider
+        for provider in site.config.providers.values()
+        if provider.oauth2 is not None and not provider.oauth2.organisation
+    ]
+
+
 async def start(request: web.Request) -> web.StreamResponse:
     """POST /oauth2/start: to the provider, with state and PKCE kept in this browser's session."""
     await form_of(request)
-    site, session = site_of(request), require_session(request)
-    user = _user(site, session)
-    client = client_for(site, user)
-    state, pkce = secrets.token_urlsafe(24), Pkce.new()
-    session.sign_in = PendingSignIn(Secret(state), pkce, site.redirect_uri, time.time())
-    url = authorization_url(client, site.redirect_uri, state, pkce, user.upstream_user)
+    site = site_of(request)
+    user = session_user(request, site)
     logger.info("web.sign_in_started user=%s", user.login)
+    return _authorize(site, require_session(request), site.provider(user), user.upstream_user)
+
+
+async def start_returning(request: web.Request) -> web.StreamResponse:
+    """POST /signin/oauth2: a returning user signs in at the provider they chose."""
+    fields = await form_of(request)
+    site = site_of(request)
+    provider = site.config.providers.get(fields.get("provider", ""))
+    if provider is None or provider not in sign_in_providers(site):
+        raise PageError(404, "error.not_found")
+    return _authorize(site, require_session(request), provider, None)
+
+
+def _authorize(
+    site: Site, session: BrowserSession, provider: ProviderConfig | None, hint: str | None
+) -> web.Response:
+    client = client_for(provider)
+    returning = None if hint is not None or provider is None else provider.name
+    state, pkce = secrets.token_urlsafe(24), Pkce.new()
+    session.sign_in = PendingSignIn(
+        Secret(state), pkce, site.redirect_uri, time.time(), provider=returning
+    )
+    url = authorization_url(client, site.redirect_uri, state, pkce, hint)
     response = web.Response(status=303, headers={"Location": url})
-    origin = sign_in_origin(site, user)
+    origin = sign_in_origin(provider)
     response[FORM_ACTION_KEY] = () if origin is None else (origin,)
     return response
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
-    """GET /oauth2/callback: check state and account, then keep the grant sealed."""
+    """GET /oauth2/callback: check state and account, then keep the grant or open the page."""
     site = site_of(request)
     session = session_of(request)
     if session is None or session.sign_in is None:
@@ -75,36 +113,82 @@ async def callback(request: web.Request) -> web.StreamResponse:
             return site.render(request, "bounce.html", target=f"{request.path}?{query}")
         raise PageError(400, "oauth.lost_session")
     pending, session.sign_in = session.sign_in, None  # one answer per request, whatever it is
-    user = _user(site, session)
     offered = request.query.get("state", "")
     if not secrets.compare_digest(offered.encode(), pending.state.reveal().encode()):
         raise PageError(400, "oauth.lost_session")
-    if "error" in request.query or "code" not in request.query:
-        reason = request.query.get("error", "no code")
-        logger.info("web.sign_in_failed user=%s error=%s", user.login, reason)
-        raise PageError(400, "oauth.failed", reason=reason)
-    if time.time() - pending.started > SIGN_IN_LIFETIME:
-        raise PageError(400, "oauth.failed", reason="too slow")
-    client = client_for(site, user)
-    grant = await _exchange(site, client, request.query["code"], pending)
+    if pending.provider is not None:
+        return await _returning(request, site, session, pending, pending.provider)
+    user = session_user(request, site)
+    client = client_for(site.provider(user))
+    grant, signed_in = await _signed_in(request, site, client, pending, user.login)
     try:
-        signed_in = signed_in_account(grant.id_token, client.client_id)
         require_account(user, signed_in)
     except WrongAccount as wrong:
         logger.warning("web.wrong_account user=%s signed_in=%s", user.login, wrong.signed_in)
         raise PageError(
             403, "oauth.wrong_account", signed_in=wrong.signed_in or "?", expected=wrong.expected
         ) from None
+    _keep_grant(site, user, grant)
+    site.store.switch_to_oauth2(user.login)  # a stored password is of no more use
+    logger.info("web.signed_in user=%s method=oauth2", user.login)
+    session.notice = ("oauth.signed_in", {"address": signed_in})
+    return web.Response(status=303, headers={"Location": site.url("/me")})
+
+
+async def _returning(
+    request: web.Request,
+    site: Site,
+    session: BrowserSession,
+    pending: PendingSignIn,
+    provider_name: str,
+) -> web.StreamResponse:
+    """A returning user signed in at the provider: open the page of the user it names."""
+    provider = site.config.providers.get(provider_name)
+    client = client_for(provider)
+    grant, signed_in = await _signed_in(request, site, client, pending, "-")
+    wanted = canonical_address(signed_in)
+    user = next(
+        (
+            found
+            for found in sorted(site.store.list_users(), key=lambda u: u.login)
+            if found.provider == provider_name
+            and wanted in (canonical_address(found.email), canonical_address(found.upstream_user))
+        ),
+        None,
+    )
+    if user is None:
+        logger.info("web.sign_in_refused user=- method=oauth2 reason=no user")
+        raise PageError(403, "signin.no_account", address=signed_in)
+    if user.auth is UpstreamAuth.OAUTH2 and grant.refresh_token is not None:
+        _keep_grant(site, user, grant)  # signing in again renews what relay sends with
+    rotate_session(request).login = user.login
+    logger.info("web.signed_in user=%s method=oauth2", user.login)
+    session.notice = ("signin.welcome", {"address": signed_in})
+    return web.Response(status=303, headers={"Location": site.url("/me")})
+
+
+async def _signed_in(
+    request: web.Request, site: Site, client: OAuthClient, pending: PendingSignIn, login: str
+) -> tuple[TokenGrant, str]:
+    """The provider's answer exchanged for tokens, and the address that signed in."""
+    if "error" in request.query or "code" not in request.query:
+        reason = request.query.get("error", "no code")
+        logger.info("web.sign_in_failed user=%s error=%s", login, reason)
+        raise PageError(400, "oauth.failed", reason=reason)
+    if time.time() - pending.started > SIGN_IN_LIFETIME:
+        raise PageError(400, "oauth.failed", reason="too slow")
+    grant = await _exchange(site, client, request.query["code"], pending)
+    try:
+        return grant, signed_in_account(grant.id_token, client.client_id)
     except OAuthError as error:
         raise PageError(400, "oauth.failed", reason=error.description) from None
+
+
+def _keep_grant(site: Site, user: User, grant: TokenGrant) -> None:
     if grant.refresh_token is None:
         raise PageError(400, "oauth.no_refresh")
     sealed = site.key.seal(grant.refresh_token, refresh_token_context(user))
     site.store.grants.authorized(user.login, sealed, grant.scopes, grant.expires_at)
-    site.store.switch_to_oauth2(user.login)  # a stored password is of no more use
-    logger.info("web.signed_in user=%s", user.login)
-    session.notice = ("oauth.signed_in", {"address": signed_in})
-    return web.Response(status=303, headers={"Location": site.url("/me")})
 
 
 async def _exchange(
@@ -119,12 +203,3 @@ async def _exchange(
         raise PageError(400, "oauth.failed", reason=error.error) from None
     finally:
         await endpoint.close()
-
-
-def _user(site: Site, session: BrowserSession) -> User:
-    if session.login is None:
-        raise PageError(403, "error.no_session")
-    user = site.store.find_user(session.login)
-    if user is None:
-        raise PageError(410, "error.gone")
-    return user

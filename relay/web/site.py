@@ -10,11 +10,12 @@ import jinja2
 from aiohttp import web
 
 from relay.config.live import LiveConfig
-from relay.config.model import ProviderConfig, RelayConfig
+from relay.config.model import ProviderConfig, RelayConfig, WebConfig
 from relay.model import Secret, User
 from relay.state.keys import MasterKey
 from relay.state.store import Store
 from relay.web.language import Catalogue, Catalogues
+from relay.web.ratelimit import AddressLimit
 from relay.web.sessions import Attempts, BrowserSession, Sessions
 
 SESSION_COOKIE = "relay_session"
@@ -46,6 +47,9 @@ class Site:
     smtp_addresses: Callable[[], list[tuple[str, int]]] = list
     sessions: Sessions = field(default_factory=Sessions)
     attempts: Attempts = field(default_factory=Attempts)
+    address_limit: AddressLimit = field(
+        default_factory=lambda: AddressLimit(WebConfig().attempts_per_ip)
+    )
 
     @property
     def config(self) -> RelayConfig:
