@@ -38,6 +38,7 @@ from relay.queue.integrity import verify_spool
 from relay.queue.pause import PauseState
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import Spool
+from relay.renewal.notifier import RenewalNotices
 from relay.state.keys import key_path, load_key
 from relay.state.localauth import LocalVerifier
 from relay.state.store import Store
@@ -90,6 +91,7 @@ def open_services(config: RelayConfig, environ: Mapping[str, str], ops: Ops | No
     )
     live = LiveConfig(config)
     runner = QueueRunner(live, store, credentials, spool, pool, ops, writer)
+    ops.login_failed = RenewalNotices(live, store, runner.submit, writer).observe
     services = Services(
         live=live, store=store, verifier=LocalVerifier(), runner=runner, ops=ops, facts=facts
     )
@@ -156,7 +158,7 @@ class Daemon:
         # READY=1 only now: listeners accept, store and spool are open (sd_notify(3)).
         ops.notifier.ready(self._status_line())
         self._side_tasks.append(asyncio.create_task(self._report_status()))
-        tokens = keep_grants_alive(self.parts.tokens, self._oauth_users)
+        tokens = keep_grants_alive(self.parts.tokens, self._oauth_users, ops.login_failed)
         self._side_tasks.append(asyncio.create_task(tokens))
         interval = ops.notifier.watchdog_interval()
         if interval is not None:

@@ -194,6 +194,10 @@ class InvitationRefused(RelayError):
         super().__init__(f"enrollment link {reason}")
 
 
+class NoticeUndeliverable(RelayError):
+    """No mailbox can send a renewal notice as the notify section is set; says why."""
+
+
 class WrongAccount(OAuthError):
     """The account that signed in at the provider is not the user's mailbox."""
 

@@ -18,7 +18,7 @@ import relay.cli.command
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = (
     *("listener", "queue", "upstream", "sent", "oauth"),
-    *("check", "providers", "config", "state", "cli", "ops", "web"),
+    *("check", "providers", "config", "state", "cli", "ops", "web", "renewal"),
 )
 MODULE_LINE_LIMIT = 420  # "about 400": a module past it is doing two things
 

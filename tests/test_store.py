@@ -161,7 +161,7 @@ def test_schema_1_database_is_upgraded_keeping_its_users(
     assert reopened.get_user("alice").sent_folder_found == "Sent"
     reopened.close()
     connection = sqlite3.connect(tmp_path / "relay.db")
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     connection.close()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from relay.config.model import OAuthSettings
-from relay.errors import AuthorizationNeeded, OAuthError, TemporaryFailure
+from relay.errors import AuthorizationNeeded, OAuthError, RelayError, TemporaryFailure
 from relay.model import Secret, UpstreamAuth, User
 from relay.oauth.client import DeviceAuthorization, TokenEndpoint, token_http_client
 from relay.oauth.flows import sign_in_with_browser, sign_in_with_device
@@ -264,3 +264,27 @@ async def test_a_grant_used_lately_is_left_alone(
     await asyncio.sleep(0.3)
     keeping.cancel()
     assert server.refresh_count(ALICE) == 1
+
+
+async def test_a_grant_found_dead_by_the_keepalive_is_reported_for_a_renewal_notice(
+    server: AuthorizationServer, keeper: Keeper
+) -> None:
+    server.revoke(ALICE)
+    users = [("alice", "lab", keeper.settings)]
+    reported: list[tuple[str, RelayError]] = []
+    found = asyncio.Event()
+
+    async def on_failure(login: str, error: RelayError) -> None:
+        reported.append((login, error))
+        found.set()
+
+    keeping = asyncio.ensure_future(
+        keep_grants_alive(keeper.tokens, lambda: users, on_failure, idle=0.0)
+    )
+    try:
+        await asyncio.wait_for(found.wait(), timeout=10)
+    finally:
+        keeping.cancel()
+    [(login, error)] = reported
+    assert login == "alice" and isinstance(error, AuthorizationNeeded)
+    assert "invalid_grant" in error.reason

@@ -13,21 +13,18 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-import yaml
 
 from relay.check.report import STAGES
-from relay.config.live import LiveConfig
-from relay.config.load import load_config, parse_config
+from relay.config.load import parse_config
 from relay.errors import ConfigError, InvitationRefused, OAuthError, WrongAccount
 from relay.model import Secret, User
 from relay.providers.presets import PRESETS
 from relay.state.invites import NO_LOCAL_SECRET
-from relay.state.keys import create_key_file
 from relay.state.localauth import verify_stored_hash
 from relay.state.store import SCHEMA_VERSION, Store
 from relay.web.identity import require_account, signed_in_account
 from relay.web.language import Catalogues, preferred_languages
-from relay.web.server import WebServer
+from tests.weblistener import listening_pages
 
 
 def store_at(tmp_path: Path) -> Store:
@@ -101,7 +98,7 @@ def test_a_schema_5_store_gets_the_invitations_table_keeping_its_users(tmp_path:
     finally:
         store.close()
     with sqlite3.connect(tmp_path / "relay.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
 
 
 # --- Catalogues and Accept-Language (relay/web/language.py, messages/*.yaml) ---
@@ -211,25 +208,10 @@ def test_the_web_pages_are_off_unless_turned_on() -> None:
 @pytest_asyncio.fixture
 async def pages(tmp_path: Path) -> AsyncIterator[tuple[str, Store]]:
     """The web listener alone on a free port, with an invited alice; its base URL."""
-    document = {
-        "state_dir": "state",
-        "key_file": "relay.key",
-        "providers": {"lab": {"smtp": {"host": "127.0.0.1", "port": 9, "tls": "starttls"}}},
-        "web": {"enabled": True, "port": 0},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
-    config = load_config(tmp_path / "config.yaml")
-    config.state_dir.mkdir()
-    create_key_file(config.key_file)
-    store = Store.create(config.database_path)
-    store.add_user(user())
-    server = WebServer(LiveConfig(config), store, {}, list)
-    await server.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}", store
-    finally:
-        await server.stop()
-        store.close()
+    async with listening_pages(
+        tmp_path, {"lab": {"smtp": {"host": "127.0.0.1", "port": 9, "tls": "starttls"}}}, user()
+    ) as listening:
+        yield listening
 
 
 async def test_pages_carry_a_strict_policy_and_a_strict_cookie(pages: tuple[str, Store]) -> None:

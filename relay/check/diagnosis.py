@@ -32,6 +32,7 @@ from relay.check.smtpstages import SmtpStages
 from relay.config.model import OAuthSettings, ProviderConfig, RelayConfig
 from relay.errors import AuthorizationNeeded, MasterKeyError, StoreError, UpstreamError
 from relay.model import OAuthGrant, UpstreamAuth, User
+from relay.oauth.lifetimes import expiry_warning
 from relay.providers.hints import find_rule
 from relay.providers.presets import Transport, email_fits
 from relay.sent.filing import plan_sent_copy
@@ -289,6 +290,8 @@ def _token_state(
         f"{grant.login}' and accept every permission"
         for scope in missing
     )
+    ending = expiry_warning(provider, grant, grant.login, now)
+    warnings += () if ending is None else (ending,)
     previous = before.refreshed_at if before else None
     facts: dict[str, object] = {
         "scopes": list(grant.scopes),

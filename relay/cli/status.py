@@ -13,6 +13,7 @@ from relay.config.model import RelayConfig
 from relay.oauth.orgstatus import failing_lines
 from relay.ops.status import read_delivery, read_status, uptime
 from relay.queue.admin import open_queue_admin
+from relay.state.notices import NoticeRecord
 from relay.state.store import Store
 
 
@@ -38,6 +39,7 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
     try:
         users = store.list_users()
         checks = store.last_checks()
+        notices = store.notices.all()
         states = {
             user.login: user_state(
                 user, store.grants.get(user.login), organisation_user(config, user)
@@ -82,6 +84,7 @@ def status_lines(config: RelayConfig, now: float) -> list[str]:
             f"{user.login:<16} {state:<15} {queued:>6}  {sent:<16}  {checked:<27}  {error}"[:200]
         )
     lines += _delivery_lines(config)
+    lines += _notice_lines(notices)
     running = read_status(config.state_dir)
     if running is not None:
         lines += failing_lines(config.state_dir, running.pid)
@@ -104,6 +107,23 @@ def _delivery_lines(config: RelayConfig) -> list[str]:
         if user["waiting_sends"]:
             waiting += f"; {user['waiting_sends']} sends waiting for a session"
         lines.append(f"{user['login']:<16} {sessions:<12} {user['pace']:<36}  {waiting}"[:200])
+    return lines
+
+
+def _notice_lines(notices: list[NoticeRecord]) -> list[str]:
+    """Who relay told their login stopped working, when, why and where it wrote."""
+    if not notices:
+        return []
+    lines = [
+        "",
+        "renewal notices:",
+        f"{'USER':<16} {'TOLD':<16}  {'REASON':<16}  {'SENT TO':<30}  SAID",
+    ]
+    for notice in notices:
+        lines.append(
+            f"{notice.login:<16} {_when(notice.notified_at):<16}  {notice.reason:<16}  "
+            f"{notice.sent_to:<30}  {notice.detail}"[:200]
+        )
     return lines
 
 

@@ -25,6 +25,7 @@ from relay.config.model import (
     RelayConfig,
     UpstreamConfig,
 )
+from relay.config.notify import notify_config
 from relay.config.oauth import render_oauth
 from relay.config.providers import PROVIDER_KEYS, provider_configs
 from relay.config.reader import (
@@ -107,6 +108,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> RelayConfig:
         logging=_logging(reader, reader.child(top, "logging", field_keys(LoggingConfig))),
         metrics=_metrics(reader, reader.child(top, "metrics", field_keys(MetricsConfig))),
         web=web_config(reader, top),
+        notify=notify_config(reader, top),
         enable_after_check=or_default(reader.boolean(top, "enable_after_check"), False),
         providers=provider_configs(reader, top),
         users=user_settings(reader, top),

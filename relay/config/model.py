@@ -220,6 +220,23 @@ class WebConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """Renewal notices to users whose upstream login stopped working; off unless set."""
+
+    # The relay user whose own mailbox sends the notices (through the queue, so retried).
+    account: str | None = None
+    # Gets the notice instead when no account is set (then its relay user sends it), or when
+    # the failing user is the account itself.
+    admin: str | None = None
+    interval: float = 86400.0  # seconds between two notices to the same user
+
+    @property
+    def enabled(self) -> bool:
+        """True when relay sends renewal notices at all."""
+        return self.account is not None or self.admin is not None
+
+
+@dataclass(frozen=True, slots=True)
 class RelayConfig:
     """The whole validated configuration."""
 
@@ -235,6 +252,7 @@ class RelayConfig:
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     web: WebConfig = WebConfig()
+    notify: NotifyConfig = NotifyConfig()
     # New users, and users whose upstream password changes, stay disabled until `relay check`
     # passes for them.
     enable_after_check: bool = False
@@ -276,6 +294,9 @@ class OAuthSettings:
     # signed with the key (relay.oauth.assertion).
     client_certificate_file: Path | None = None
     client_key_file: Path | None = None
+    # Google's consent screen "Publishing status" (PUBLISHING_STATUSES): refresh tokens of an
+    # app in Testing end after 7 days (relay.oauth.lifetimes). None: not said, taken as production.
+    publishing_status: str | None = None
 
     @property
     def organisation(self) -> bool:

@@ -17,6 +17,7 @@ from relay.config.reader import Reader, Section, or_default, plain, shown
 from relay.providers.presets import OAuthEndpoints
 
 REDIRECT_HOSTS = ("127.0.0.1", "localhost")
+PUBLISHING_STATUSES = ("testing", "production")  # Google Auth Platform → Audience
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
 
@@ -34,6 +35,7 @@ OAUTH_FILE_KEYS = (
     "service_account_file",
     "client_certificate_file",
     "client_key_file",
+    "publishing_status",
 )
 
 
@@ -108,6 +110,7 @@ def oauth_settings(
         service_account_file=account_file,
         client_certificate_file=certificate_file,
         client_key_file=key_file,
+        publishing_status=reader.one_of(s, "publishing_status", PUBLISHING_STATUSES),
     )
 
 

@@ -183,18 +183,22 @@ class TokenEndpoint:
     async def poll_device(self, client: OAuthClient, device: DeviceAuthorization) -> TokenGrant:
         """Poll until the user approves, refuses or the code expires (RFC 8628 §3.4, §3.5)."""
         interval = device.interval
-        form = {"grant_type": DEVICE_GRANT, "device_code": device.device_code.reveal()}
         while True:
             await asyncio.sleep(interval)
             if time.time() >= device.expires_at:
                 raise OAuthError("expired_token", "the code expired before it was used")
             try:
-                return await self._grant(client, form)
+                return await self.device_token(client, device)
             except OAuthError as error:
                 if error.error == "slow_down":
                     interval += SLOW_DOWN_STEP
                 elif error.error != "authorization_pending":
                     raise
+
+    async def device_token(self, client: OAuthClient, device: DeviceAuthorization) -> TokenGrant:
+        """One token request for a device code (RFC 8628 §3.4); OAuthError while it is pending."""
+        form = {"grant_type": DEVICE_GRANT, "device_code": device.device_code.reveal()}
+        return await self._grant(client, form)
 
     async def _grant(
         self, client: OAuthClient, form: dict[str, str], authenticate: bool = True

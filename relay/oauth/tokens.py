@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from relay.config.model import OAuthSettings
@@ -213,6 +213,7 @@ def refresh_failure(login: str, provider: str, error: OAuthError) -> TemporaryFa
 async def keep_grants_alive(
     tokens: AccessTokens,
     oauth_users: Callable[[], list[tuple[str, str, OAuthSettings]]],
+    on_failure: Callable[[str, RelayError], Awaitable[None]] | None = None,
     *,
     idle: float = IDLE_RENEWAL,
     interval: float = IDLE_CHECK_INTERVAL,
@@ -230,4 +231,6 @@ async def keep_grants_alive(
             except RelayError as error:
                 # Logged by the refresh itself when it is the grant; here only the rest.
                 logger.info("oauth.keepalive_failed user=%s error=%r", login, str(error))
+                if on_failure is not None:
+                    await on_failure(login, error)  # a dead grant: the user may be told
         await asyncio.sleep(interval)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from relay.errors import RelayError
 from relay.model import Secret
 from relay.ops.logs import RedactingFilter
 from relay.ops.metrics import Metrics
 from relay.ops.notify import SystemdNotifier
+
+
+async def nobody_told(_login: str, _error: RelayError) -> None:
+    """No renewal notices (the CLI, tests): the daemon wires relay.renewal in instead."""
 
 
 @dataclass
@@ -18,6 +23,8 @@ class Ops:
     notifier: SystemdNotifier
     metrics: Metrics = field(default_factory=Metrics)
     redactor: RedactingFilter | None = None
+    # Hears each failed delivery's error, to tell a user whose login stopped working.
+    login_failed: Callable[[str, RelayError], Awaitable[None]] = nobody_told
 
     @classmethod
     def from_environ(

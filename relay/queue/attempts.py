@@ -103,6 +103,7 @@ class Attempts:
             outcome = await self._deliver(entry, data, found, provider)
             return Verdict(outcome, None, remote, user, len(data) if data is not None else None)
         except RelayError as error:
+            await self._ops.login_failed(entry.login, error)
             if not isinstance(error, UpstreamError | PolicyRejection):
                 logger.warning("delivery.local_error id=%s error=%s", entry.id, error)
             reply = smtp_reply(error)

@@ -188,6 +188,11 @@ class QueueRunner:
             return Queued(queue_id, "the provider is slow")
         return (await task).result
 
+    async def submit(self, message: NewMessage) -> None:
+        """Spool a mail relay wrote itself (a renewal notice) and start its first attempt."""
+        await self._spool.enqueue(message, 0.0)
+        self._attempt_now(message.id)
+
     def stage(self) -> StagedBody:
         """A staged body for a large mail as it arrives (accept's staged)."""
         return self._spool.stage()

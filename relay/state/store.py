@@ -14,10 +14,11 @@ from relay.providers.presets import SentCopy
 from relay.state.grants import GRANTS_TABLE, Grants
 from relay.state.invites import INVITATIONS_TABLE, Invitations
 from relay.state.keys import MasterKey
+from relay.state.notices import NOTICES_TABLE, Notices
 from relay.state.sealing import UPSTREAM_CREDENTIAL as UPSTREAM_CREDENTIAL
 from relay.state.sealing import reseal_legacy
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 RESEALED_AT = 5  # the upgrade to this schema binds every seal to its provider and upstream user
 _CHECKS_TABLE = """
 CREATE TABLE IF NOT EXISTS checks (
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS users (
     + ";\n"
     + INVITATIONS_TABLE
     + ";\n"
+    + NOTICES_TABLE
+    + ";\n"
 )
 # MIGRATIONS[n - 1] brings a database from schema n to n + 1, keeping every row.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -78,6 +81,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (),  # 4 to 5 re-seals the secrets (relay.state.sealing.reseal_legacy), which needs the key
     (INVITATIONS_TABLE,),
+    (NOTICES_TABLE,),
 )
 COLUMNS = (
     "login, provider, email, display_name, upstream_user, aliases, rewrite_from, enabled, "
@@ -96,6 +100,7 @@ class Store:
         self.path = path
         self.grants = Grants(connection)
         self.invitations = Invitations(connection)
+        self.notices = Notices(connection)
         # find_user runs on the event loop at every AUTH and several times per mail; the
         # answers stay valid until a write, here (total_changes) or by another process
         # (PRAGMA data_version), so they are kept until then.
@@ -216,6 +221,7 @@ class Store:
             self._db.execute("DELETE FROM checks WHERE login = ?", (login,))
             self._db.execute("DELETE FROM oauth_grants WHERE login = ?", (login,))
             self._db.execute("DELETE FROM invitations WHERE login = ?", (login,))
+            self._db.execute("DELETE FROM renewal_notices WHERE login = ?", (login,))
 
     def update_user(self, user: User) -> None:
         """Write back every field of an existing user, whose provider and upstream user stay."""

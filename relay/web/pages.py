@@ -11,7 +11,9 @@ from relay.errors import InvitationRefused
 from relay.model import UpstreamAuth, User
 from relay.state.invites import NO_LOCAL_SECRET, Refusal
 from relay.web.activity import read_activity
+from relay.web.device import offers_device
 from relay.web.enroll import holds_secret, issue_new_secret, user_state
+from relay.web.grantage import grant_age
 from relay.web.guard import FORM_ACTION_KEY, form_of, require_session, rotate_session
 from relay.web.outcome import LocalLogin
 from relay.web.signin import sign_in_origin
@@ -103,6 +105,8 @@ async def _page(
         notice=notice,
         enrolled=enrolled,
         activity=await read_activity(site, user.login) if enrolled else None,
+        device_offered=offers_device(provider),
+        grant_age=grant_age(site, user),
     )
     origin = sign_in_origin(site.provider(user))
     response[FORM_ACTION_KEY] = () if origin is None else (origin,)

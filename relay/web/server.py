@@ -16,7 +16,7 @@ from relay.config.live import LiveConfig
 from relay.config.model import WebConfig
 from relay.state.keys import key_path, load_key
 from relay.state.store import Store
-from relay.web import pages, returning, signin, testpage
+from relay.web import device, pages, returning, signin, testpage
 from relay.web.guard import guard
 from relay.web.language import Catalogues
 from relay.web.ratelimit import AddressLimit
@@ -105,6 +105,10 @@ def _routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(prefix + "/secret", pages.new_secret)
     app.router.add_post(prefix + "/oauth2/start", signin.start)
     app.router.add_get(prefix + CALLBACK_PATH, signin.callback)
+    app.router.add_post(prefix + device.WAITING_PATH, device.start)
+    app.router.add_get(prefix + device.WAITING_PATH, device.waiting)
+    app.router.add_post(prefix + device.WAITING_PATH + "/status", device.status)
+    app.router.add_post(prefix + device.WAITING_PATH + "/check", device.check)
     app.router.add_static(prefix + "/static/", str(static), show_index=False)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from relay.model import Secret
 from relay.oauth.client import Pkce
+from relay.oauth.devicepoll import DevicePoll
 from relay.web.outcome import Outcome
 
 SESSION_IDLE = 30 * 60.0  # seconds without a request before a session ends
@@ -43,6 +44,7 @@ class BrowserSession:
     sign_in: PendingSignIn | None = None
     notice: tuple[str, dict[str, str]] | None = None  # a catalogue key shown once, and fields
     outcome: Outcome | None = None  # the last Test's, until the next page shows it once
+    device: DevicePoll | None = None  # a sign-in with a code this browser waits for
 
     def csrf_matches(self, offered: str) -> bool:
         """Whether a form carried this session's CSRF token (compared in constant time)."""

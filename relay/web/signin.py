@@ -128,7 +128,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         raise PageError(
             403, "oauth.wrong_account", signed_in=wrong.signed_in or "?", expected=wrong.expected
         ) from None
-    _keep_grant(site, user, grant)
+    keep_grant(site, user, grant)
     site.store.switch_to_oauth2(user.login)  # a stored password is of no more use
     logger.info("web.signed_in user=%s method=oauth2", user.login)
     session.notice = ("oauth.signed_in", {"address": signed_in})
@@ -160,7 +160,7 @@ async def _returning(
         logger.info("web.sign_in_refused user=- method=oauth2 reason=no user")
         raise PageError(403, "signin.no_account", address=signed_in)
     if user.auth is UpstreamAuth.OAUTH2 and grant.refresh_token is not None:
-        _keep_grant(site, user, grant)  # signing in again renews what relay sends with
+        keep_grant(site, user, grant)  # signing in again renews what relay sends with
     rotate_session(request).login = user.login
     logger.info("web.signed_in user=%s method=oauth2", user.login)
     session.notice = ("signin.welcome", {"address": signed_in})
@@ -184,7 +184,8 @@ async def _signed_in(
         raise PageError(400, "oauth.failed", reason=error.description) from None
 
 
-def _keep_grant(site: Site, user: User, grant: TokenGrant) -> None:
+def keep_grant(site: Site, user: User, grant: TokenGrant) -> None:
+    """Seal and keep the grant's refresh token for user; PageError when the provider sent none."""
     if grant.refresh_token is None:
         raise PageError(400, "oauth.no_refresh")
     sealed = site.key.seal(grant.refresh_token, refresh_token_context(user))
