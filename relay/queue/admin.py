@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from relay.queue.bodyfiles import FileLedger, bodies_dir
 from relay.queue.records import QueueEntry, QueueStats
 from relay.queue.schema import open_database
 from relay.queue.sentjobs import count_jobs
@@ -29,8 +30,9 @@ from relay.queue.statements import (
 class QueueAdmin:
     """Reading and editing the queue in the spool file, one short command at a time."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, files: FileLedger | None = None) -> None:
         self._db = db
+        self._files = files
 
     def entries(self, queue_id: str | None = None) -> list[QueueEntry]:
         """Every queued message (or the one with this queue id), oldest first."""
@@ -63,15 +65,20 @@ class QueueAdmin:
 
     def drop(self, queue_id: str) -> bool:
         """Delete a queued message without sending it; False when there is no such message."""
-        return delete_message(self._db, queue_id)
+        dropped = delete_message(self._db, queue_id)
+        if self._files is not None:
+            self._files.settle(self._db)  # its body file, unless its Sent copy still needs it
+        return dropped
 
 
 @contextmanager
 def open_queue_admin(spool_path: Path) -> Iterator[QueueAdmin]:
     """The spool file opened for one command, closed when it is done."""
     db = open_database(spool_path)
+    files = FileLedger(bodies_dir(spool_path))
     try:
-        yield QueueAdmin(db)
+        files.attach(db)
+        yield QueueAdmin(db, files)
     finally:
         db.close()
 

@@ -1,7 +1,9 @@
-"""The spool's message bodies: written whole or adopted from staging, read whole or in pieces.
+"""The spool's message bodies: written whole or named as a file, read whole or in pieces.
 
-Large bodies go through incremental blob handles a piece (BLOB_CHUNK) at a time, so neither the
-spool's thread nor SQLite ever holds a second copy of one.
+A streamed mail's body is a file of its own (relay.queue.bodyfiles), its row holding the header.
+Large bodies in rows (written by relay before spool schema 5, or held in memory) go through
+incremental blob handles a piece (BLOB_CHUNK) at a time, so neither the spool's thread nor
+SQLite ever holds a second copy of one.
 """
 
 from __future__ import annotations
@@ -35,34 +37,31 @@ def insert_body(db: sqlite3.Connection, seq: int | None, data: bytes) -> None:
             blob.write(view[start : start + BLOB_CHUNK])
 
 
-def adopt_staged(db: sqlite3.Connection, seq: int | None, header: bytes, body: StagedBody) -> None:
-    """The bodies row of a mail staged while it arrived: its header, then the file, in pieces."""
-    if body.closed or seq is None:
-        raise sqlite3.OperationalError("staged body already closed, or no message row for it")
+def insert_body_file(
+    db: sqlite3.Connection, seq: int | None, header: bytes, body: StagedBody
+) -> None:
+    """The bodies row of a mail staged while it arrived: its header, naming its body file."""
+    if body.name is None or seq is None:
+        raise sqlite3.OperationalError("staged body not persisted, or no message row for it")
     db.execute(
-        "INSERT INTO bodies (message_seq, data) VALUES (?, zeroblob(?))",
-        (seq, len(header) + body.size),
+        "INSERT INTO bodies (message_seq, data, file, file_size) VALUES (?, ?, ?, ?)",
+        (seq, header, body.name, body.size),
     )
-    with db.blobopen("bodies", "data", seq) as blob:
-        blob.write(header)
-        for start in range(0, body.size, BLOB_CHUNK):
-            piece = body.read_at(start, min(BLOB_CHUNK, body.size - start))
-            if not piece:
-                raise sqlite3.OperationalError("staged body shorter than written")
-            blob.write(piece)
 
 
 def select_body(db: sqlite3.Connection, message_id: str, whole_below: int) -> BodyRow | None:
     """A message's body: whole if shorter than whole_below, else where to read it in pieces."""
     row = db.execute(
-        "SELECT message_seq, length(data), CASE WHEN length(data) < ? THEN data END FROM bodies "
+        "SELECT message_seq, length(data), CASE WHEN file IS NOT NULL OR length(data) < ? "
+        "THEN data END, file, file_size FROM bodies "
         "WHERE message_seq = (SELECT seq FROM messages WHERE id = ?)",
         (whole_below, message_id),
     ).fetchone()
     if row is None:
         return None
-    seq, size, data = row
-    return BodyRow(int(seq), int(size), None if data is None else bytes(data))
+    seq, size, data, file, file_size = row
+    named = None if file is None else (str(file), int(file_size))
+    return BodyRow(int(seq), int(size), None if data is None else bytes(data), named)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,8 @@ class BodyRow:
 
     rowid: int
     size: int
-    data: bytes | None
+    data: bytes | None  # with file: the header, the rest being the file's
+    file: tuple[str, int] | None = None  # a body file's name and size
 
 
 def read_blob(db: sqlite3.Connection, table: str, rowid: int, offset: int, length: int) -> bytes:

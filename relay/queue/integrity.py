@@ -4,7 +4,8 @@ SQLite reads a WAL only up to its last frame that checks out and silently ignore
 a log cut short or overwritten after a crash would lose the mail in it without a word. Before
 the spool is opened (opening would reset such a log), this reads the log's header and frames
 (https://sqlite.org/fileformat.html#the_write_ahead_log) and compares them with what the
-wal-index says was committed; then SQLite's quick_check runs on the database itself.
+wal-index says was committed; then SQLite's quick_check runs on the database itself, and each
+body file a row names (relay.queue.bodyfiles) must be there at the size committed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.errors import SpoolDamaged
+from relay.queue.bodyfiles import bodies_dir, damaged_files
 
 logger = logging.getLogger("relay.daemon")  # where the start-up lines have always come from
 
@@ -71,9 +73,9 @@ def check_spool(path: Path) -> SpoolDamage | None:
             copy = Path(scratch) / path.name
             for suffix in ("", "-wal"):
                 shutil.copyfile(_sibling(path, suffix), _sibling(copy, suffix))
-            readable, problems = _database_findings(copy)
+            readable, problems = _database_findings(copy, bodies_dir(path))
     else:
-        readable, problems = _database_findings(path)
+        readable, problems = _database_findings(path, bodies_dir(path))
     findings += problems
     return SpoolDamage(tuple(findings), readable) if findings else None
 
@@ -176,7 +178,7 @@ def _index_committed(shm: Path, salts: tuple[int, int]) -> int | None:
     return int(max_frame)
 
 
-def _database_findings(path: Path) -> tuple[int | None, list[str]]:
+def _database_findings(path: Path, bodies: Path) -> tuple[int | None, list[str]]:
     """(readable entries, problems) from SQLite's quick_check on a read-only connection."""
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
@@ -185,6 +187,7 @@ def _database_findings(path: Path) -> tuple[int | None, list[str]]:
     try:
         rows = [str(row[0]) for row in db.execute("PRAGMA quick_check")]
         problems = [] if rows == ["ok"] else [f"{path.name}: quick_check: {r}" for r in rows[:5]]
+        problems += _body_file_findings(db, bodies)
         try:
             readable = int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
         except sqlite3.Error:
@@ -194,6 +197,17 @@ def _database_findings(path: Path) -> tuple[int | None, list[str]]:
         return None, [f"{path.name}: {error}"]
     finally:
         db.close()
+
+
+def _body_file_findings(db: sqlite3.Connection, directory: Path) -> list[str]:
+    """Entries whose body file is missing or short: never delivered in part, so reported."""
+    try:
+        found = damaged_files(db, directory)
+    except sqlite3.OperationalError:
+        return []  # a spool older than schema 5 names no body files
+    if len(found) > 5:
+        found = [*found[:5], f"and {len(found) - 5} more body files"]
+    return found
 
 
 def _valid_page_size(size: int) -> bool:

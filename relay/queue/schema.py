@@ -8,14 +8,26 @@ from pathlib import Path
 
 from relay.errors import StoreError
 from relay.queue.sentjobs import SCHEMA as SENT_JOBS_SCHEMA
+from relay.queue.sentjobs import TABLE_4 as SENT_JOBS_TABLE_4
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BLOB_CHUNK = 1 << 20  # larger data is written in pieces, so SQLite never holds a second copy
 CHECKPOINT_WAIT_MS = 200  # how long a WAL checkpoint waits for another process's reader
-BODIES_TABLE = """
+# As schema 2 made it; schema 5 added the body file columns.
+BODIES_TABLE_2 = """
 CREATE TABLE IF NOT EXISTS bodies (
     message_seq  INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
     data         BLOB NOT NULL
+) STRICT
+"""
+# A large mail's body is a file in bodies/ (relay.queue.bodyfiles): data is then the upstream
+# header only, and file and file_size name the rest.
+BODIES_TABLE = """
+CREATE TABLE IF NOT EXISTS bodies (
+    message_seq  INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
+    data         BLOB NOT NULL,
+    file         TEXT,
+    file_size    INTEGER
 ) STRICT
 """
 # Schema 4 added what every attempt passes on to the provider: SMTPUTF8 (RFC 6531) and the DSN
@@ -129,7 +141,7 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         2,
         (
-            BODIES_TABLE,
+            BODIES_TABLE_2,
             "INSERT INTO bodies (message_seq, data) SELECT seq, upstream_data FROM messages",
             "ALTER TABLE messages DROP COLUMN upstream_data",
         ),
@@ -151,6 +163,17 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE messages ADD COLUMN dsn_envid TEXT",
             "ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT ''",
             "ALTER TABLE recipients ADD COLUMN orcpt TEXT",
+        ),
+    ),
+    # 5: large bodies as files beside the spool, named by the message's and the Sent copy's row.
+    (
+        5,
+        (
+            SENT_JOBS_TABLE_4,  # a spool older than the Sent copies has none yet
+            "ALTER TABLE bodies ADD COLUMN file TEXT",
+            "ALTER TABLE bodies ADD COLUMN file_size INTEGER",
+            "ALTER TABLE sent_jobs ADD COLUMN file TEXT",
+            "ALTER TABLE sent_jobs ADD COLUMN file_size INTEGER",
         ),
     ),
 )

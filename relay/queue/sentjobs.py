@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from relay.message import STREAM_THRESHOLD, MessageData
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sent_jobs (
+_COLUMNS = """
     id            TEXT PRIMARY KEY,
     login         TEXT NOT NULL,
     message_id    TEXT NOT NULL,
@@ -17,7 +16,15 @@ CREATE TABLE IF NOT EXISTS sent_jobs (
     attempts      INTEGER NOT NULL DEFAULT 0,
     next_attempt  REAL NOT NULL,
     last_error    TEXT NOT NULL DEFAULT '',
-    data          BLOB NOT NULL
+    data          BLOB NOT NULL"""
+# As it was up to spool schema 4, for the step that adds the body file (relay.queue.schema).
+TABLE_4 = f"CREATE TABLE IF NOT EXISTS sent_jobs ({_COLUMNS}\n) STRICT"
+# A large copy's data is its Sent header, and file (relay.queue.bodyfiles) the body it shares
+# with its message.
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS sent_jobs ({_COLUMNS},
+    file          TEXT,
+    file_size     INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS sent_jobs_due ON sent_jobs (next_attempt);
 """
@@ -47,33 +54,35 @@ class SentJob:
 
 @dataclass(frozen=True, slots=True)
 class SentJobRow:
-    """A job as stored: its data whole when small, else where to read it (rowid, size)."""
+    """A job as stored: its data whole when small, else where to read it (rowid or file, size)."""
 
     job: SentJob
     rowid: int
     size: int
+    file: tuple[str, int] | None = None  # a body file and its size: data is then the header
 
 
 def insert_from_message(db: sqlite3.Connection, seq: int, spec: SentJobSpec, now: float) -> None:
     """Create a job from a spooled message: its Sent header (with Bcc) and its body."""
     row = db.execute(
-        "SELECT login, message_id, sent_header, body_offset, length(data) FROM messages "
-        "JOIN bodies ON message_seq = seq WHERE seq = ?",
+        "SELECT login, message_id, sent_header, body_offset, length(data), file, file_size "
+        "FROM messages JOIN bodies ON message_seq = seq WHERE seq = ?",
         (seq,),
     ).fetchone()
-    login, message_id, sent_header, offset, size = row
+    login, message_id, sent_header, offset, size, file, file_size = row
     header = bytes(sent_header)
     values = (spec.id, login, message_id, now, spec.plan, now)
     insert = (
         "INSERT OR IGNORE INTO sent_jobs (id, login, message_id, sent_at, plan, next_attempt, "
-        "data) VALUES (?, ?, ?, ?, ?, ?, "
+        "data, file, file_size) VALUES (?, ?, ?, ?, ?, ?, "
     )
     if size <= STREAM_THRESHOLD:
         [upstream] = db.execute("SELECT data FROM bodies WHERE message_seq = ?", (seq,)).fetchone()
-        db.execute(insert + "?)", (*values, header + upstream[offset:]))
+        # A body file is shared, not copied: the job names it too, and it stays until both go.
+        db.execute(insert + "?, ?, ?)", (*values, header + upstream[offset:], file, file_size))
         return
     # A large body is copied a piece at a time, from blob to blob: never whole in memory.
-    cursor = db.execute(insert + "zeroblob(?))", (*values, len(header) + size - offset))
+    cursor = db.execute(insert + "zeroblob(?), NULL, NULL)", (*values, len(header) + size - offset))
     if cursor.rowcount == 0 or cursor.lastrowid is None:
         return
     with (
@@ -98,16 +107,17 @@ def select_job(db: sqlite3.Connection, job_id: str) -> SentJobRow | None:
     """One job, with its data if it is small (else b"": read it by rowid in pieces)."""
     row = db.execute(
         "SELECT id, login, message_id, sent_at, plan, attempts, last_error, rowid, length(data), "
-        "CASE WHEN length(data) <= ? THEN data END FROM sent_jobs WHERE id = ?",
+        "CASE WHEN file IS NOT NULL OR length(data) <= ? THEN data END, file, file_size "
+        "FROM sent_jobs WHERE id = ?",
         (STREAM_THRESHOLD, job_id),
     ).fetchone()
     if row is None:
         return None
-    job_id, login, message_id, sent_at, plan, attempts, last_error, rowid, size, data = row
+    job_id, login, message_id, sent_at, plan, attempts, last_error, rowid, size, data, *file = row
     job = SentJob(
         job_id, login, message_id, sent_at, plan, attempts, last_error, bytes(data or b"")
     )
-    return SentJobRow(job, rowid, size)
+    return SentJobRow(job, rowid, size, None if file[0] is None else (str(file[0]), int(file[1])))
 
 
 def count_jobs(db: sqlite3.Connection) -> int:

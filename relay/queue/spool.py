@@ -4,7 +4,9 @@ SQLite in WAL mode with synchronous=FULL: a commit returns only after the write-
 fsynced, so a crash at any instant keeps every message whose commit returned. One file holds
 envelope, state and data together, so there is no window where a message file exists without
 its envelope (or the reverse), and concurrent enqueues share one fsync (group commit). The data
-has a table of its own: updating a message's state then never rewrites its body.
+has a table of its own: updating a message's state then never rewrites its body. A streamed
+(large) mail's body is a file beside it instead (relay.queue.bodyfiles), fsynced with its
+directory before the row naming it commits.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from pathlib import Path
 from typing import cast
 
 from relay.errors import StoreError
-from relay.message import STREAM_THRESHOLD, MessageData
-from relay.queue.bodies import read_blob, select_body, select_data
+from relay.message import STREAM_THRESHOLD, MessageData, whole
+from relay.queue.bodies import read_blob, select_body
+from relay.queue.bodyfiles import BodyFile, FileLedger, bodies_dir, body_path, sweep_orphans
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
 from relay.queue.schema import checkpoint, open_database
 from relay.queue.sentjobs import (
@@ -65,26 +68,35 @@ def fingerprint(login: str, message_id: str, sender: str, recipients: Iterable[s
 class Spool:
     """The queue database; every call runs on one writer thread that owns the connection."""
 
-    def __init__(self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, executor: ThreadPoolExecutor, db: sqlite3.Connection, files: FileLedger
+    ) -> None:
         self.path = path
         self._executor = executor
         self._db = db
-        self._pending: list[tuple[Write[object], asyncio.Future[object]]] = []
+        self._files = files
+        self._pending: list[tuple[Write[object], asyncio.Future[object], str | None]] = []
         self._flushing: asyncio.Task[None] | None = None
         # Writes of staged bodies: off the event loop, and never queued behind a group commit.
         self._staging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging")
+        # Reads of body files: never behind a group commit's fsync or a staged body's.
+        self._reading = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bodies")
 
     @classmethod
     def open(cls, path: Path) -> Spool:
-        """Open (creating, 0600) the spool database; remove what a crash left in staging."""
+        """Open (creating, 0600) the spool database; remove what a crash left unnamed."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         db = executor.submit(open_database, path).result()
+        files = FileLedger(bodies_dir(path))
+        executor.submit(files.attach, db).result()
+        executor.submit(sweep_orphans, db, files.directory).result()
         clean_incoming(path)
-        return cls(path, executor, db)
+        return cls(path, executor, db, files)
 
     def close(self) -> None:
         """Close the database; waits for the writer thread."""
         self._staging.shutdown(wait=True)
+        self._reading.shutdown(wait=True)
         self._executor.submit(self._db.close).result()
         self._executor.shutdown(wait=True)
 
@@ -98,18 +110,37 @@ class Spool:
     async def _run(self, function: Callable[..., R], *args: object) -> R:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, function, *args)
+            return await loop.run_in_executor(self._executor, self._settled, function, args, None)
         except sqlite3.Error as error:
             raise StoreError(f"spool access failed: {error}") from None
 
+    def _settled(
+        self, function: Callable[..., R], args: tuple[object, ...], files: list[str] | None
+    ) -> R:
+        """Run function on the spool's thread, then unlink the body files no row names now."""
+        try:
+            return function(*args)
+        finally:
+            for name in files or ():
+                self._files.release(name)  # committed (kept), or a duplicate or rolled back
+            self._files.settle(self._db)
+
     async def enqueue(self, message: NewMessage, window: float) -> str | None:
         """Commit a message durably; return None if it duplicates one accepted within window."""
-        return await self._commit(partial(insert_message, message=message, window=window))
+        name = None
+        if message.staged is not None:
+            try:
+                name = await message.staged.persist(self._files.directory)
+            except OSError as error:
+                # A name linked before the failure is left for start-up's sweep: it is in no row.
+                message.staged.close()
+                raise StoreError(f"cannot keep mail data: {error}") from None
+        return await self._commit(partial(insert_message, message=message, window=window), name)
 
-    async def _commit(self, write: Write[R]) -> R:
+    async def _commit(self, write: Write[R], file: str | None = None) -> R:
         """Run write in the next group transaction; return its result once that is fsynced."""
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, future))
+        self._pending.append((write, future, file))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         return cast(R, await future)
@@ -117,29 +148,41 @@ class Spool:
     async def _flush(self) -> None:
         # Group commit: every write (a new message, an attempt's outcome) that arrived while the
         # previous fsync ran shares the next one, and one trip to the spool's thread.
+        loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending, []
+            writes = [write for write, _, _ in batch]
+            files = [file for _, _, file in batch if file is not None]
             try:
-                results = await self._run(run_batch, self._db, [write for write, _ in batch])
+                results = await loop.run_in_executor(
+                    self._executor, self._settled, run_batch, (self._db, writes), files
+                )
             except Exception as error:  # noqa: BLE001  every waiter must hear of a failed commit
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(StoreError(f"spool write failed: {error}"))
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
 
     async def read_data(self, message_id: str) -> bytes | None:
-        """The upstream bytes of a queued message, or None if it is gone."""
-        return await self._run(select_data, self._db, message_id)
+        """The upstream bytes of a queued message, whole, or None if it is gone."""
+        data = await self.open_data(message_id)
+        return None if data is None else await whole(data)
 
     async def open_data(self, message_id: str) -> MessageData | None:
         """A queued message's upstream data: whole if small, else read in pieces; None if gone."""
         row = await self._run(select_body, self._db, message_id, STREAM_THRESHOLD)
         if row is None:
             return None
+        if row.file is not None:
+            return self._body_file(row.data or b"", row.file)
         return row.data if row.data is not None else SpoolBlob(self, "bodies", row.rowid, row.size)
+
+    def _body_file(self, head: bytes, file: tuple[str, int]) -> BodyFile:
+        name, size = file
+        return BodyFile(head, body_path(self._files.directory, name), size, self._reading)
 
     async def read_blob(self, table: str, rowid: int, offset: int, length: int) -> bytes:
         """Octets of a stored body, read on the spool's thread."""
@@ -215,6 +258,8 @@ class Spool:
         row = await self._run(select_job, self._db, job_id)
         if row is None:
             return None
+        if row.file is not None:
+            return replace(row.job, data=self._body_file(cast(bytes, row.job.data), row.file))
         if row.size <= STREAM_THRESHOLD:
             return row.job
         return replace(row.job, data=SpoolBlob(self, "sent_jobs", row.rowid, row.size))

@@ -1,11 +1,11 @@
 """A large mail's body on its way in: a nameless file in the state dir until the spool adopts it.
 
-The body is written here while DATA arrives, so the mail is never held whole in memory; the
-enqueue transaction copies it into the spool (relay.queue.statements.insert_message) in pieces.
-The file is unlinked as soon as it is made, so whatever happens (a refused mail, a dropped
-connection, kill -9) nothing of it outlives the process, and the runner can never see it: only a
-committed spool entry is deliverable. A crash in the instant between making and unlinking it
-leaves an empty file, which start-up removes (clean_incoming).
+The body is written here while DATA arrives, so the mail is never held whole in memory. The file
+has no name (O_TMPFILE) until enqueue fsyncs it and links it into the spool's body files
+(relay.queue.bodyfiles), so whatever happens before (a refused mail, a dropped connection,
+kill -9) nothing of it outlives the process, and the runner can never see it: only a committed
+spool entry is deliverable. Where O_TMPFILE is not supported, the file is made with a name in
+incoming/ and renamed on adoption; what a crash leaves there, start-up removes (clean_incoming).
 """
 
 from __future__ import annotations
@@ -29,12 +29,9 @@ class StagedBody:
 
     def __init__(self, directory: Path, executor: Executor) -> None:
         self._executor = executor
-        path = directory / secrets.token_hex(8)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        # Nameless from here on: the kernel frees it when the last descriptor closes.
-        with contextlib.suppress(FileNotFoundError):  # clean_incoming got there first
-            path.unlink()
+        self._fd, self._path = _make_file(directory)
         self.size = 0
+        self.name: str | None = None  # its name among the body files, once persisted
         self.closed = False
         self.handed_over = False  # to a spool write, which closes it when it has run
         self._lock = threading.Lock()  # the spool's thread or the staging thread closes it
@@ -57,13 +54,45 @@ class StagedBody:
         """Up to length octets from offset, read on the calling (spool) thread."""
         return os.pread(self._fd, length, offset)
 
+    async def persist(self, bodies: Path) -> str:
+        """Make the body durable under a new name in bodies (file and directory fsynced)."""
+        loop = asyncio.get_running_loop()
+        name = secrets.token_hex(16)
+        await loop.run_in_executor(self._executor, self._link, bodies, name)
+        self.name = name
+        return name
+
+    def _link(self, bodies: Path, name: str) -> None:
+        os.fsync(self._fd)
+        directory = os.open(bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if self._path is None:
+                # linkat(AT_SYMLINK_FOLLOW) through /proc names the O_TMPFILE file: passing
+                # dir fds makes os.link call linkat rather than link, which would not follow.
+                os.link(
+                    f"/proc/self/fd/{self._fd}",
+                    name,
+                    src_dir_fd=directory,
+                    dst_dir_fd=directory,
+                    follow_symlinks=True,
+                )
+            else:
+                os.rename(self._path, bodies / name)
+                self._path = None
+            os.fsync(directory)  # the new name is durable before the row that refers to it
+        finally:
+            os.close(directory)
+
     def close(self) -> None:
-        """Free the file; once called, the body is gone. Idempotent."""
+        """Free the file; once called, the body is gone unless persisted. Idempotent."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
         os.close(self._fd)
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):  # clean_incoming got there first
+                self._path.unlink()
 
     def hand_over(self) -> StagedBody:
         """Mark it as the spool's from now on (enqueue adopts it); the receiver lets go."""
@@ -79,6 +108,14 @@ class StagedBody:
         # A body handed to a spool write that never ran (its batch failed first) is freed here.
         if not getattr(self, "closed", True):
             self.close()
+
+
+def _make_file(directory: Path) -> tuple[int, Path | None]:
+    """A new file in directory (0600): nameless where O_TMPFILE works, else its path."""
+    with contextlib.suppress(OSError, AttributeError):  # EOPNOTSUPP, EISDIR: not on this fs
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
+    path = directory / secrets.token_hex(8)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
 
 
 def incoming_dir(spool_path: Path) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from relay.model import EnvelopeParams, Notify, RecipientNotice
-from relay.queue.bodies import adopt_staged, insert_body
+from relay.queue.bodies import insert_body, insert_body_file
 from relay.queue.bodies import select_data as select_data  # re-exported: tests read with it
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
 from relay.queue.sentjobs import count_jobs, insert_from_message
@@ -38,7 +38,8 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
         return _insert_message(db, message, window)
     finally:
         if message.staged is not None:
-            # Copied in, a duplicate, or this transaction fails and the mail with it: it goes.
+            # Named by its row, or a duplicate: the descriptor goes either way. The file goes
+            # unless a committed row names it (the spool settles it after the transaction).
             message.staged.close()
 
 
@@ -91,7 +92,7 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage, window: float) 
     if message.staged is None:
         insert_body(db, seq, message.upstream_data)
     else:
-        adopt_staged(db, seq, message.upstream_data, message.staged)
+        insert_body_file(db, seq, message.upstream_data, message.staged)
     return message.id
 
 
