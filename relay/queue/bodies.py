@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from relay.message import has_dot_line
+from relay.queue.bodyfiles import BodyFileRow
 from relay.queue.schema import BLOB_CHUNK
 from relay.queue.staging import StagedBody
 
@@ -44,8 +46,9 @@ def insert_body_file(
     if body.name is None or seq is None:
         raise sqlite3.OperationalError("staged body not persisted, or no message row for it")
     db.execute(
-        "INSERT INTO bodies (message_seq, data, file, file_size) VALUES (?, ?, ?, ?)",
-        (seq, header, body.name, body.size),
+        "INSERT INTO bodies (message_seq, data, file, file_size, file_dot_lines) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (seq, header, body.name, body.size, int(body.dot_lines or has_dot_line(header))),
     )
 
 
@@ -53,14 +56,14 @@ def select_body(db: sqlite3.Connection, message_id: str, whole_below: int) -> Bo
     """A message's body: whole if shorter than whole_below, else where to read it in pieces."""
     row = db.execute(
         "SELECT message_seq, length(data), CASE WHEN file IS NOT NULL OR length(data) < ? "
-        "THEN data END, file, file_size FROM bodies "
+        "THEN data END, file, file_size, file_dot_lines FROM bodies "
         "WHERE message_seq = (SELECT seq FROM messages WHERE id = ?)",
         (whole_below, message_id),
     ).fetchone()
     if row is None:
         return None
-    seq, size, data, file, file_size = row
-    named = None if file is None else (str(file), int(file_size))
+    seq, size, data, file, file_size, dot_lines = row
+    named = None if file is None else BodyFileRow(str(file), int(file_size), bool(dot_lines))
     return BodyRow(int(seq), int(size), None if data is None else bytes(data), named)
 
 
@@ -71,7 +74,7 @@ class BodyRow:
     rowid: int
     size: int
     data: bytes | None  # with file: the header, the rest being the file's
-    file: tuple[str, int] | None = None  # a body file's name and size
+    file: BodyFileRow | None = None
 
 
 def read_blob(db: sqlite3.Connection, table: str, rowid: int, offset: int, length: int) -> bytes:

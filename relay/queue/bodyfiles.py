@@ -119,6 +119,15 @@ def damaged_files(db: sqlite3.Connection, directory: Path) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyFileRow:
+    """A body file as a row names it."""
+
+    name: str
+    size: int
+    dot_lines: bool = True  # whether a line of the whole data may start with a dot
+
+
+@dataclass(frozen=True, slots=True)
 class BodyFile:
     """A stored message (relay.message.SpooledData): a header in the row, then a body file."""
 
@@ -126,6 +135,7 @@ class BodyFile:
     path: Path
     file_size: int
     executor: Executor = field(repr=False, compare=False)
+    dot_lines: bool = True  # False: no line starts with a dot, so DATA sends it as it is
 
     @property
     def size(self) -> int:

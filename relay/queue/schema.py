@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS bodies (
     message_seq  INTEGER PRIMARY KEY REFERENCES messages (seq) ON DELETE CASCADE,
     data         BLOB NOT NULL,
     file         TEXT,
-    file_size    INTEGER
+    file_size    INTEGER,
+    -- 0 when no line of the data starts with a dot: DATA then needs no stuffing pass over it.
+    file_dot_lines  INTEGER NOT NULL DEFAULT 1
 ) STRICT
 """
 # Schema 4 added what every attempt passes on to the provider: SMTPUTF8 (RFC 6531) and the DSN
@@ -172,6 +174,7 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             SENT_JOBS_TABLE_4,  # a spool older than the Sent copies has none yet
             "ALTER TABLE bodies ADD COLUMN file TEXT",
             "ALTER TABLE bodies ADD COLUMN file_size INTEGER",
+            "ALTER TABLE bodies ADD COLUMN file_dot_lines INTEGER NOT NULL DEFAULT 1",
             "ALTER TABLE sent_jobs ADD COLUMN file TEXT",
             "ALTER TABLE sent_jobs ADD COLUMN file_size INTEGER",
         ),

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from relay.message import STREAM_THRESHOLD, MessageData
+from relay.queue.bodyfiles import BodyFileRow
 
 _COLUMNS = """
     id            TEXT PRIMARY KEY,
@@ -59,7 +60,7 @@ class SentJobRow:
     job: SentJob
     rowid: int
     size: int
-    file: tuple[str, int] | None = None  # a body file and its size: data is then the header
+    file: BodyFileRow | None = None  # a body file: data is then the header
 
 
 def insert_from_message(db: sqlite3.Connection, seq: int, spec: SentJobSpec, now: float) -> None:
@@ -117,7 +118,8 @@ def select_job(db: sqlite3.Connection, job_id: str) -> SentJobRow | None:
     job = SentJob(
         job_id, login, message_id, sent_at, plan, attempts, last_error, bytes(data or b"")
     )
-    return SentJobRow(job, rowid, size, None if file[0] is None else (str(file[0]), int(file[1])))
+    named = None if file[0] is None else BodyFileRow(str(file[0]), int(file[1]))
+    return SentJobRow(job, rowid, size, named)
 
 
 def count_jobs(db: sqlite3.Connection) -> int:

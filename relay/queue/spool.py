@@ -25,7 +25,14 @@ from typing import cast
 from relay.errors import StoreError
 from relay.message import STREAM_THRESHOLD, MessageData, whole
 from relay.queue.bodies import read_blob, select_body
-from relay.queue.bodyfiles import BodyFile, FileLedger, bodies_dir, body_path, sweep_orphans
+from relay.queue.bodyfiles import (
+    BodyFile,
+    BodyFileRow,
+    FileLedger,
+    bodies_dir,
+    body_path,
+    sweep_orphans,
+)
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats
 from relay.queue.schema import checkpoint, open_database
 from relay.queue.sentjobs import (
@@ -180,9 +187,9 @@ class Spool:
             return self._body_file(row.data or b"", row.file)
         return row.data if row.data is not None else SpoolBlob(self, "bodies", row.rowid, row.size)
 
-    def _body_file(self, head: bytes, file: tuple[str, int]) -> BodyFile:
-        name, size = file
-        return BodyFile(head, body_path(self._files.directory, name), size, self._reading)
+    def _body_file(self, head: bytes, file: BodyFileRow) -> BodyFile:
+        path = body_path(self._files.directory, file.name)
+        return BodyFile(head, path, file.size, self._reading, file.dot_lines)
 
     async def read_blob(self, table: str, rowid: int, offset: int, length: int) -> bytes:
         """Octets of a stored body, read on the spool's thread."""
@@ -294,6 +301,7 @@ class SpoolBlob:
     table: str  # bodies, or sent_jobs
     rowid: int
     size: int
+    dot_lines: bool = True  # not known: DATA stuffs it as it goes
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to length octets from offset; StoreError if the row has gone meanwhile."""

@@ -32,6 +32,7 @@ class StagedBody:
         self._fd, self._path = _make_file(directory)
         self.size = 0
         self.name: str | None = None  # its name among the body files, once persisted
+        self.dot_lines = True  # False once the reader saw no line start with a dot
         self.closed = False
         self.handed_over = False  # to a spool write, which closes it when it has run
         self._lock = threading.Lock()  # the spool's thread or the staging thread closes it

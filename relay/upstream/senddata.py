@@ -99,7 +99,9 @@ async def _write_spooled(
         piece = await data.read(start, STREAM_THRESHOLD)
         if not piece:
             raise StoreError("message data in the spool ended early")
-        await _write_piece(protocol, stuffed(piece, before), timeout, progress, last=False)
+        # Data the spool knows has no line starting with a dot needs no pass to stuff one.
+        wire = stuffed(piece, before) if data.dot_lines else piece
+        await _write_piece(protocol, wire, timeout, progress, last=False)
         before = (before + piece[-2:])[-2:]
     await _write_piece(protocol, end_of_data(before), timeout, progress, last=True)
 
