@@ -45,6 +45,7 @@ from relay.state.store import Store
 from relay.state.writer import StoreWriter
 from relay.tls import TlsContexts, listener_tls
 from relay.upstream.credentials import open_credentials
+from relay.upstream.pipelining import pipelining_gaps
 from relay.upstream.pool import UpstreamPool, pool_settings
 from relay.upstream.senddata import aiosmtplib_gaps
 
@@ -406,7 +407,7 @@ def run_daemon(
 
 def check_libraries() -> None:
     """Refuse to run on an aiosmtpd or aiosmtplib without the internals relay relies on."""
-    gaps = aiosmtpd_gaps() + aiosmtplib_gaps()
+    gaps = aiosmtpd_gaps() + aiosmtplib_gaps() + pipelining_gaps()
     if gaps:
         raise LibraryMismatch(
             f"this install lacks {', '.join(gaps)}, which relay relies on: install the "

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import aiosmtpd.smtp
+import aiosmtplib
 import aiosmtplib.protocol
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -22,6 +23,7 @@ from relay.cli.command import main
 from relay.daemon import check_libraries
 from relay.errors import LibraryMismatch
 from relay.listener.protocol import AIOSMTPD_INTERNALS, AIOSMTPD_SESSION_INTERNALS, RelaySMTP
+from relay.upstream.pipelining import AIOSMTPLIB_PIPELINING, pipelining_gaps
 from relay.upstream.senddata import AIOSMTPLIB_INTERNALS
 from tests.harness import write_config
 
@@ -101,6 +103,40 @@ def test_drain_helper_is_the_protocols_flow_control_wait() -> None:
     # It waits while the transport has paused writing, as asyncio's StreamWriter.drain().
     source = inspect.getsource(aiosmtplib.protocol.FlowControlMixin)
     assert "def pause_writing" in source and "def resume_writing" in source
+
+
+class _Transport(asyncio.Transport):
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_aiosmtplibs_protocol_can_be_stood_in_for_on_its_transport() -> None:
+    assert pipelining_gaps() == []
+    assert set(AIOSMTPLIB_PIPELINING) >= {"transport", "data_received"}
+    protocol = aiosmtplib.protocol.SMTPProtocol()
+    transport = _Transport()
+    protocol.connection_made(transport)
+    assert protocol.transport is transport  # the one relay's intake is set on, then handed back
+    assert not isinstance(protocol, asyncio.BufferedProtocol)  # replies come to data_received
+
+
+async def test_aiosmtplib_still_loses_a_second_reply_that_arrives_with_the_first() -> None:
+    # Why relay reads pipelined replies itself (relay.upstream.pipelining). Should this fail, a
+    # new aiosmtplib may read them: relay's own reader could then go.
+    protocol = aiosmtplib.protocol.SMTPProtocol()
+    protocol.connection_made(_Transport())
+    protocol.data_received(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+    assert (await protocol.read_response(timeout=1.0)).message == "2.1.0 Ok"
+    with pytest.raises(aiosmtplib.SMTPTimeoutError):
+        await protocol.read_response(timeout=0.05)
+
+
+def test_serve_refuses_to_start_when_the_protocol_cannot_be_stood_in_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(aiosmtplib.protocol.SMTPProtocol, "data_received")
+    with pytest.raises(LibraryMismatch, match="SMTPProtocol.data_received"):
+        check_libraries()
 
 
 def test_serve_refuses_to_start_when_an_internal_is_missing(

@@ -136,7 +136,7 @@ async def test_a_421_too_many_connections_lowers_the_users_session_count(tmp_pat
             envelope.mail_from = address
             return "250 OK"
 
-        upstream.handler.handle_MAIL = busy_provider  # type: ignore[attr-defined]
+        upstream.handler.handle_MAIL = busy_provider  # type: ignore[method-assign]  # this test's provider
         await asyncio.gather(*(send(daemon, secret, [f"r{n}@x.test"]) for n in range(8)))
         await eventually(lambda: gate.active == 4)  # relay's first four sessions, all busy
         gate.let_one_through()  # its session takes the next mail, and the provider says 421

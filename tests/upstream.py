@@ -33,6 +33,7 @@ class RawRecordingSMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         self.recorder.raw += data
+        self.recorder.chunks.append(data)
         super().data_received(data)
 
 
@@ -50,12 +51,22 @@ class RecordingHandler:
     data_reply: str | None = None
     sessions: list[SMTP] = field(default_factory=list)
     raw: bytes = b""
+    mail_replies: list[str] = field(default_factory=list)  # scripted, one per MAIL, in order
+    chunks: list[bytes] = field(default_factory=list)  # raw, one per data_received
+    pipelining: bool = True  # announced in EHLO, as every real provider does (RFC 2920)
 
     def drop_connections(self) -> None:
         """Close every client connection from the server side, as an idle timeout does."""
         for session in self.sessions:
             if session.transport is not None:
                 session.transport.close()
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, lines: list[str]
+    ) -> list[str]:
+        """aiosmtpd's EHLO lines, with PIPELINING unless switched off (it takes pipelining)."""
+        session.host_name = hostname  # aiosmtpd leaves this to a handle_EHLO hook
+        return [lines[0], "250-PIPELINING", *lines[1:]] if self.pipelining else lines
 
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -68,6 +79,16 @@ class RecordingHandler:
         if ok:
             return AuthResult(success=True, auth_data=self.login)
         return AuthResult(success=False, handled=False)
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Take the sender unless a reply is scripted for this MAIL."""
+        if self.mail_replies:
+            return self.mail_replies.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

@@ -17,30 +17,25 @@ from relay.message import MessageData, data_size
 from relay.model import NO_PARAMS, EnvelopeParams
 from relay.providers.facts import ProviderFacts
 from relay.providers.presets import Endpoint, TlsMode
-from relay.reply import Reply
 from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount, UpstreamTimeouts
 from relay.upstream.concurrency import SessionLimit, SessionUse, is_pushback
 from relay.upstream.envelope import Upstream, upstream_envelope
-from relay.upstream.replies import (
-    auth_error,
-    is_quota_reply,
-    provider_reply,
-    reply_error,
-    upstream_error,
-)
+from relay.upstream.pipelining import envelope_commands, pipelined_envelope
+from relay.upstream.replies import auth_error, provider_reply, reply_error, upstream_error
 from relay.upstream.sasl import smtp_login
-from relay.upstream.senddata import ReplyLost, send_data
+from relay.upstream.senddata import START_INPUT, ReplyLost, send_body, send_data
+from relay.upstream.verdicts import (
+    BrokenIdleSession,
+    RecipientVerdicts,
+    lost_before_mail,
+    mail_refusal,
+)
 
 logger = logging.getLogger("relay.pool")  # the name shows in log lines: kept from 0.1
 
-SERVICE_CLOSING = 421  # RFC 5321 §3.8: the server is closing the channel
 FRESH_SESSION = 2.0  # seconds since its last mail within which a session is reused unprobed
 QUIT_TIMEOUT = 5.0
-
-
-class BrokenIdleSession(Exception):
-    """A pooled session failed before the message was handed over: safe to try a fresh one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,57 +308,82 @@ async def transact(
     client, where = session.client, session.where
     envelope = upstream_envelope(client.esmtp_extensions, where, sender, recipients, params)
     options = [f"SIZE={data_size(data)}"] if client.supports_extension("size") else []
+    start: aiosmtplib.SMTPResponse | None = None
     try:
-        await client.mail(sender, options=options + envelope.mail, encoding=envelope.encoding)
-    except aiosmtplib.SMTPResponseException as error:
-        if reused and error.code == SERVICE_CLOSING:
-            raise BrokenIdleSession from None
-        raise reply_error(error.code, error.message, where) from None
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
-        if reused:
-            raise BrokenIdleSession from None
-        raise upstream_error(error, where) from None
-    try:
-        return await _recipients_and_data(client, where, recipients, data, envelope)
+        if client.supports_extension("pipelining"):
+            # RFC 2920: two round trips a mail instead of three and one per recipient.
+            commands = envelope_commands(sender, recipients, envelope, options)
+            verdicts, start = await pipelined_envelope(
+                client, where, commands, recipients, reused=reused
+            )
+        else:
+            await _mail(client, where, sender, options + envelope.mail, envelope, reused=reused)
+            verdicts = await _recipients(client, where, recipients, envelope)
+        return await _data(client, where, verdicts, data, start)
     except UpstreamError:
         raise
     except (aiosmtplib.SMTPException, OSError) as error:
         raise upstream_error(error, where) from None
 
 
-async def _recipients_and_data(
+async def _mail(
     client: aiosmtplib.SMTP,
     where: str,
-    recipients: list[str],
-    data: MessageData,
+    sender: str,
+    options: list[str],
     envelope: Upstream,
-) -> SendOutcome:
-    accepted: list[str] = []
-    deferred: dict[str, Reply] = {}
-    failed: dict[str, Reply] = {}
-    for recipient in recipients:
-        try:
-            options = envelope.rcpt.get(recipient, [])
-            await client.rcpt(recipient, options=options, encoding=envelope.encoding)
-            accepted.append(recipient)
-        except aiosmtplib.SMTPRecipientRefused as refusal:
-            reply = provider_reply(refusal.code, refusal.message)
-            if refusal.code == SERVICE_CLOSING or is_quota_reply(reply):
-                # Not about this recipient: the whole mail waits (a quota is not a bounce).
-                raise reply_error(refusal.code, refusal.message, where) from None
-            (deferred if 400 <= refusal.code < 500 else failed)[recipient] = reply
-    if not accepted:
-        await client.rset()
-        return SendOutcome(None, deferred=deferred, failed=failed)
+    *,
+    reused: bool,
+) -> None:
     try:
-        response = await send_data(client, data)
+        await client.mail(sender, options=options, encoding=envelope.encoding)
+    except aiosmtplib.SMTPResponseException as error:
+        raise mail_refusal(error.code, error.message, where, reused=reused) from None
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as error:
+        raise lost_before_mail(error, where, reused=reused) from None
+
+
+async def _recipients(
+    client: aiosmtplib.SMTP, where: str, recipients: list[str], envelope: Upstream
+) -> RecipientVerdicts:
+    verdicts = RecipientVerdicts(where)
+    for recipient in recipients:
+        options = envelope.rcpt.get(recipient, [])
+        try:
+            said = await client.rcpt(recipient, options=options, encoding=envelope.encoding)
+        except aiosmtplib.SMTPRecipientRefused as refusal:
+            said = aiosmtplib.SMTPResponse(refusal.code, refusal.message)
+        verdicts.take(recipient, said.code, said.message)
+    return verdicts
+
+
+async def _data(
+    client: aiosmtplib.SMTP,
+    where: str,
+    verdicts: RecipientVerdicts,
+    data: MessageData,
+    start: aiosmtplib.SMTPResponse | None,
+) -> SendOutcome:
+    """DATA and the body (start: DATA's reply, when it was pipelined), or RSET without one."""
+    if not verdicts.accepted:
+        if start is not None and start.code == START_INPUT:
+            # RFC 2920 §3.1: DATA taken though no recipient was: a single dot ends it.
+            await client.execute_command(b".")
+        await client.rset()
+        return verdicts.outcome(None)
+    try:
+        if start is None:
+            response = await send_data(client, data)
+        elif start.code == START_INPUT:
+            response = await send_body(client, data)
+        else:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
     except aiosmtplib.SMTPDataError as error:
         raise reply_error(error.code, error.message, where) from None
     except ReplyLost as error:
         text = f"{where} did not answer the end of DATA ({error}): it may have the mail"
         raise DeliveryInDoubt(451, "4.4.2", text) from None
-    reply = provider_reply(response.code, response.message)
-    return SendOutcome(reply, dict.fromkeys(accepted, reply), deferred, failed)
+    return verdicts.outcome(provider_reply(response.code, response.message))
 
 
 async def _reset(session: Session) -> bool:

@@ -47,6 +47,11 @@ async def send_data(client: aiosmtplib.SMTP, data: MessageData) -> aiosmtplib.SM
     start = await client.execute_command(b"DATA")
     if start.code != START_INPUT:
         raise aiosmtplib.SMTPDataError(start.code, start.message)
+    return await send_body(client, data)
+
+
+async def send_body(client: aiosmtplib.SMTP, data: MessageData) -> aiosmtplib.SMTPResponse:
+    """The message and its end, once the server answered DATA with 354; then its reply."""
     protocol = client.protocol
     if protocol is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
