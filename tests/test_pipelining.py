@@ -205,6 +205,26 @@ async def test_every_recipient_refused_sends_no_body_and_resets_the_session_for_
     assert scene.pool.connections_opened == 1  # the reset session carried the next mail
 
 
+async def test_data_taken_though_every_recipient_was_refused_gets_a_lone_dot_not_the_body(
+    tmp_path: Path,
+) -> None:
+    async with pool_to(tmp_path) as scene:
+
+        async def refuse_but_keep(
+            server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        ) -> str:
+            envelope.rcpt_tos.append(address)  # so this server answers DATA with 354 anyway
+            return "550 5.1.1 no such user"
+
+        scene.handler.handle_RCPT = refuse_but_keep  # type: ignore[method-assign]  # this server
+        outcome = await scene.send("gone@example.net")
+        after = b"".join(scene.mail_chunks())
+    # RFC 2920 §3.1: the client must check DATA's reply; on 354 it sends a single dot.
+    assert outcome.reply is None and list(outcome.failed) == ["gone@example.net"]
+    assert after.endswith(b"DATA\r\n.\r\nRSET\r\n")
+    assert b"the body" not in scene.handler.raw
+
+
 async def test_a_refused_mail_from_fails_the_mail_with_the_providers_words(
     tmp_path: Path,
 ) -> None:

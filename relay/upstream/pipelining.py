@@ -124,7 +124,7 @@ async def pipelined(client: aiosmtplib.SMTP) -> AsyncIterator[ReplyIntake]:
     """Relay's intake on the connection while replies come back; any failure closes it."""
     protocol = client.protocol
     transport = protocol.transport if protocol is not None else None
-    if protocol is None or not isinstance(transport, asyncio.Transport):
+    if protocol is None or transport is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     intake = ReplyIntake(protocol)
     transport.set_protocol(intake)
