@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.errors import StoreError
+from relay.queue.staging import private_directory_swept
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +91,8 @@ class FileLedger:
 
 def sweep_orphans(db: sqlite3.Connection, directory: Path) -> int:
     """At start-up: make bodies/ (0700) and remove files no row names (a crash left them)."""
-    directory.mkdir(mode=0o700, exist_ok=True)
-    directory.chmod(0o700)  # mail text: for relay's user only, whatever the umask
     named = {str(row[0]) for row in db.execute(_REFERENCES)}
-    removed = 0
-    for left in directory.iterdir():
-        if left.name not in named and left.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                left.unlink()
-                removed += 1
+    removed = private_directory_swept(directory, named)
     if removed:
         logger.warning("spool.body_files_cleaned files=%d reason=named by no entry", removed)
     return removed

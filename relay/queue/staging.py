@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Collection
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -126,14 +127,20 @@ def incoming_dir(spool_path: Path) -> Path:
 
 def clean_incoming(spool_path: Path) -> int:
     """At start-up: make the staging directory (0700) and remove what a crash left; how many."""
-    directory = incoming_dir(spool_path)
+    removed = private_directory_swept(incoming_dir(spool_path))
+    if removed:
+        logger.warning("spool.staging_cleaned files=%d reason=left by a crash", removed)
+    return removed
+
+
+def private_directory_swept(directory: Path, keep: Collection[str] = ()) -> int:
+    """Make directory (0700) and remove each file in it not named in keep; how many went."""
     directory.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)  # mail text: for relay's user only, whatever the umask or an old mode
     removed = 0
     for left in directory.iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            left.unlink()
-            removed += 1
-    if removed:
-        logger.warning("spool.staging_cleaned files=%d reason=left by a crash", removed)
+        if left.name not in keep and left.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                left.unlink()
+                removed += 1
     return removed

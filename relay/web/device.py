@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from relay.config.model import ProviderConfig
-from relay.errors import OAuthError, TokenEndpointUnavailable, WrongAccount
+from relay.errors import OAuthError, TokenEndpointUnavailable
 from relay.model import OAuthClient, User
-from relay.oauth.client import TokenEndpoint, TokenGrant, token_http_client
+from relay.oauth.client import TokenGrant
 from relay.oauth.devicepoll import DevicePoll, poll_once
-from relay.tls import TlsContexts
 from relay.web.guard import form_of, require_session
-from relay.web.identity import require_account, signed_in_account
+from relay.web.identity import signed_in_account
 from relay.web.sessions import BrowserSession
-from relay.web.signin import client_for, keep_grant
+from relay.web.signin import accept_sign_in, client_for, token_endpoint
 from relay.web.site import PageError, Site, site_of
 from relay.web.users import provider_label, session_user
 
@@ -72,7 +71,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     if not offers_device(provider):
         raise PageError(404, "error.not_found")
     client = client_for(provider)
-    endpoint = _endpoint(site)
+    endpoint = token_endpoint(site)
     try:
         device = await endpoint.start_device(client)
     except OAuthError as error:
@@ -134,7 +133,7 @@ async def _look(request: web.Request, site: Site) -> Answer:
     if poll.wait() > 0 and time.time() < poll.device.expires_at:
         return Answer(Progress.PENDING, wait=poll.wait())  # too soon: no connection opened
     client = client_for(site.provider(user))
-    endpoint = _endpoint(site)
+    endpoint = token_endpoint(site)
     try:
         grant = await poll_once(endpoint, client, poll)
     except TokenEndpointUnavailable as error:
@@ -163,21 +162,12 @@ def _keep(
     """Keep the grant if the user's own mailbox signed in; what to show instead if not."""
     try:
         signed_in = signed_in_account(grant.id_token, client.client_id)
-        require_account(user, signed_in)
-    except WrongAccount as wrong:
-        logger.warning("web.wrong_account user=%s signed_in=%s", user.login, wrong.signed_in)
-        return PageError(
-            403, "oauth.wrong_account", signed_in=wrong.signed_in or "?", expected=wrong.expected
-        )
     except OAuthError as error:
         return PageError(400, "oauth.failed", reason=error.description)
     try:
-        keep_grant(site, user, grant)
+        accept_sign_in(site, session, user, grant, signed_in, flow="device")
     except PageError as refused:
         return refused
-    site.store.switch_to_oauth2(user.login)  # a stored password is of no more use
-    logger.info("web.signed_in user=%s method=oauth2 flow=device", user.login)
-    session.notice = ("oauth.signed_in", {"address": signed_in})
     return None
 
 
@@ -195,9 +185,3 @@ def _waiting_page(
         minutes=minutes,
         asked=asked,
     )
-
-
-def _endpoint(site: Site) -> TokenEndpoint:
-    upstream = site.config.upstream
-    tls = TlsContexts().for_ca_file(None)
-    return TokenEndpoint(token_http_client(tls, upstream.connect_timeout, upstream.timeout))

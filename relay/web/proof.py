@@ -16,10 +16,12 @@ from relay.web.site import Site
 logger = logging.getLogger(__name__)
 
 
-def user_with_address(site: Site, address: str) -> User | None:
-    """The user whose mailbox address is address; of several, the first by login."""
+def user_with_address(site: Site, address: str, provider: str | None = None) -> User | None:
+    """The user whose mailbox address is address (at provider, if given); the first by login."""
     wanted = canonical_address(address)
     for user in sorted(site.store.list_users(), key=lambda found: found.login):
+        if provider is not None and user.provider != provider:
+            continue
         if wanted in (canonical_address(user.email), canonical_address(user.upstream_user)):
             return user
     return None

@@ -22,12 +22,8 @@ from relay.oauth.client import Pkce, TokenEndpoint, TokenGrant, authorization_ur
 from relay.oauth.tokens import refresh_token_context
 from relay.tls import TlsContexts
 from relay.web.guard import FORM_ACTION_KEY, form_of, require_session, rotate_session
-from relay.web.identity import (
-    IDENTITY_SCOPES,
-    canonical_address,
-    require_account,
-    signed_in_account,
-)
+from relay.web.identity import IDENTITY_SCOPES, require_account, signed_in_account
+from relay.web.proof import user_with_address
 from relay.web.sessions import SIGN_IN_LIFETIME, BrowserSession, PendingSignIn
 from relay.web.site import PageError, Site, session_of, site_of
 from relay.web.users import session_user
@@ -121,6 +117,19 @@ async def callback(request: web.Request) -> web.StreamResponse:
     user = session_user(request, site)
     client = client_for(site.provider(user))
     grant, signed_in = await _signed_in(request, site, client, pending, user.login)
+    accept_sign_in(site, session, user, grant, signed_in)
+    return web.Response(status=303, headers={"Location": site.url("/me")})
+
+
+def accept_sign_in(
+    site: Site,
+    session: BrowserSession,
+    user: User,
+    grant: TokenGrant,
+    signed_in: str,
+    flow: str = "",
+) -> None:
+    """Keep the grant as user's if their own mailbox signed in; else PageError, nothing kept."""
     try:
         require_account(user, signed_in)
     except WrongAccount as wrong:
@@ -130,9 +139,8 @@ async def callback(request: web.Request) -> web.StreamResponse:
         ) from None
     keep_grant(site, user, grant)
     site.store.switch_to_oauth2(user.login)  # a stored password is of no more use
-    logger.info("web.signed_in user=%s method=oauth2", user.login)
+    logger.info("web.signed_in user=%s method=oauth2%s", user.login, flow and f" flow={flow}")
     session.notice = ("oauth.signed_in", {"address": signed_in})
-    return web.Response(status=303, headers={"Location": site.url("/me")})
 
 
 async def _returning(
@@ -146,16 +154,7 @@ async def _returning(
     provider = site.config.providers.get(provider_name)
     client = client_for(provider)
     grant, signed_in = await _signed_in(request, site, client, pending, "-")
-    wanted = canonical_address(signed_in)
-    user = next(
-        (
-            found
-            for found in sorted(site.store.list_users(), key=lambda u: u.login)
-            if found.provider == provider_name
-            and wanted in (canonical_address(found.email), canonical_address(found.upstream_user))
-        ),
-        None,
-    )
+    user = user_with_address(site, signed_in, provider_name)
     if user is None:
         logger.info("web.sign_in_refused user=- method=oauth2 reason=no user")
         raise PageError(403, "signin.no_account", address=signed_in)
@@ -195,12 +194,17 @@ def keep_grant(site: Site, user: User, grant: TokenGrant) -> None:
 async def _exchange(
     site: Site, client: OAuthClient, code: str, pending: PendingSignIn
 ) -> TokenGrant:
-    upstream = site.config.upstream
-    tls = TlsContexts().for_ca_file(None)
-    endpoint = TokenEndpoint(token_http_client(tls, upstream.connect_timeout, upstream.timeout))
+    endpoint = token_endpoint(site)
     try:
         return await endpoint.exchange_code(client, code, pending.redirect_uri, pending.pkce)
     except OAuthError as error:
         raise PageError(400, "oauth.failed", reason=error.error) from None
     finally:
         await endpoint.close()
+
+
+def token_endpoint(site: Site) -> TokenEndpoint:
+    """The providers' token endpoints as the pages reach them, with relay's upstream timeouts."""
+    upstream = site.config.upstream
+    tls = TlsContexts().for_ca_file(None)
+    return TokenEndpoint(token_http_client(tls, upstream.connect_timeout, upstream.timeout))
