@@ -158,6 +158,14 @@ class WebRelay:
         raise AssertionError(f"{login} not listed")
 
 
+def open_invited_page(
+    browser: WebDriver, relay: WebRelay, login: str, email: str, provider: str = "lab"
+) -> None:
+    """Invite login as the admin does, open the link in browser and press Continue."""
+    browser.get(relay.invite(login, "--provider", provider, "--email", email))
+    click(browser, "#continue")
+
+
 @contextmanager
 def web_relay(root: Path, providers: dict[str, Any], **settings: Any) -> Iterator[WebRelay]:
     """relay serve on loopback with the pages on a free port; stopped afterwards."""

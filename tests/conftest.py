@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from relay.queue.spool import Spool
 from tests.peers.graphserver import GraphServer
 from tests.peers.mailpeers import MailPeers, peers_available, running_mail_peers
 from tests.peers.oauthserver import AuthorizationServer
@@ -55,3 +57,13 @@ def graph(mail_peers: MailPeers, oauth_server: AuthorizationServer) -> Iterator[
     """Graph's sendMail on loopback (tests/peers/graphserver.py), stopped after the test."""
     with GraphServer(mail_peers, oauth_server) as server:
         yield server
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    """A spool file of the test's own, closed after the test."""
+    opened = Spool.open(tmp_path / "spool.db")
+    try:
+        yield opened
+    finally:
+        opened.close()

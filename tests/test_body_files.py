@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ SENT_HEADER = HEADER + b"Bcc: carol@example.net\r\n"
 MARKER = b"Okapi-Narwhal-41c9 quarterly figures"
 BODY = b"\r\n" + (MARKER + b"\r\n") * (3 * STREAM_THRESHOLD // len(MARKER))
 DELIVERED = {"bob@example.net": Reply(250, "2.0.0", "ok")}
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Iterator[Spool]:
-    """A spool file of the test's own, closed after the test."""
-    opened = Spool.open(tmp_path / "spool.db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 async def large_message(spool: Spool, queue_id: str, message_id: str = "<big@x>") -> NewMessage:

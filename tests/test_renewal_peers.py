@@ -70,6 +70,12 @@ def add_notifier(setup: RelaySetup, peers: MailPeers) -> str:
     return setup.add_user("notices", "agency", bob.address, bob.password)
 
 
+def agency_setup(tmp_path: Path, peers: MailPeers, notify: dict[str, str]) -> RelaySetup:
+    """relay sending through the real Postfix as provider 'agency', with these notify settings."""
+    providers = {"agency": postfix_provider(peers, "starttls")}
+    return write_config(tmp_path, providers, upstream=FAST, notify=notify)
+
+
 def test_a_revoked_grant_sends_the_user_one_notice_with_a_link_to_their_page(
     mail_peers: MailPeers, oauth_server: AuthorizationServer, tmp_path: Path
 ) -> None:
@@ -140,12 +146,7 @@ def test_an_app_password_refused_with_535_sends_a_notice_naming_the_reply(
     mail_peers: MailPeers, tmp_path: Path
 ) -> None:
     alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
-    setup = write_config(
-        tmp_path,
-        {"agency": postfix_provider(mail_peers, "starttls")},
-        upstream=FAST,
-        notify={"account": "notices", "admin": bob.address},
-    )
+    setup = agency_setup(tmp_path, mail_peers, notify={"account": "notices", "admin": bob.address})
     wrong = f"revoked-app-password-{uuid.uuid4().hex[:8]}"
     secret = setup.add_user("alice", "agency", alice.address, wrong)
     notifier_secret = add_notifier(setup, mail_peers)
@@ -173,12 +174,7 @@ def test_without_a_notification_account_the_admin_is_told_through_their_own_mail
     mail_peers: MailPeers, tmp_path: Path
 ) -> None:
     alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
-    setup = write_config(
-        tmp_path,
-        {"agency": postfix_provider(mail_peers, "starttls")},
-        upstream=FAST,
-        notify={"admin": bob.address},
-    )
+    setup = agency_setup(tmp_path, mail_peers, notify={"admin": bob.address})
     secret = setup.add_user("alice", "agency", alice.address, "not-alices-password")
     setup.add_user("boss", "agency", bob.address, bob.password)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,16 +58,6 @@ async def streamed(spool: Spool, wire: bytes, limit: int | None = None) -> DataR
     reader = DataReader(limit, DataBudget(10**9), spool.stage)
     await read_data(stream, reader)
     return reader
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Iterator[Spool]:
-    """A spool file of the test's own, closed after the test."""
-    opened = Spool.open(tmp_path / "spool.db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 async def test_a_large_mail_is_staged_and_prepares_exactly_as_if_held_whole(spool: Spool) -> None:

@@ -16,7 +16,16 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser import WebRelay, chromium, click, snap, text_of, wait_loaded, web_relay
+from tests.browser import (
+    WebRelay,
+    chromium,
+    click,
+    open_invited_page,
+    snap,
+    text_of,
+    wait_loaded,
+    web_relay,
+)
 from tests.peers.mailpeers import MailPeers
 from tests.peers.oauthserver import DEVICE_GRANT, AuthorizationServer
 from tests.test_end_to_end import find_by_subject
@@ -64,10 +73,8 @@ def test_sign_in_with_a_code_moves_on_by_itself_then_xoauth2_submission_works(
     relay: WebRelay, mail_peers: MailPeers, oauth_server: AuthorizationServer
 ) -> None:
     alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
-    link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
     with chromium() as browser:
-        browser.get(link)
-        click(browser, "#continue")
+        open_invited_page(browser, relay, "alice", alice.address)
         assert text_of(browser, "#device-button") == "Sign in with a code"
         snap(browser, "device-01-page")
         code = code_shown(browser, relay, oauth_server)
@@ -99,10 +106,8 @@ def test_a_code_approved_as_another_account_is_refused_and_stores_nothing(
     relay: WebRelay, mail_peers: MailPeers, oauth_server: AuthorizationServer
 ) -> None:
     alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
-    link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
     with chromium() as browser:
-        browser.get(link)
-        click(browser, "#continue")
+        open_invited_page(browser, relay, "alice", alice.address)
         code = code_shown(browser, relay, oauth_server)
         oauth_server.approve_device(code, bob.address)
         wait_until("the refusal was shown", lambda: "Nothing was stored" in status(browser))
@@ -122,10 +127,8 @@ def test_a_declined_code_says_so_and_stores_nothing(
     relay: WebRelay, mail_peers: MailPeers, oauth_server: AuthorizationServer
 ) -> None:
     alice = mail_peers.accounts["alice"]
-    link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
     with chromium() as browser:
-        browser.get(link)
-        click(browser, "#continue")
+        open_invited_page(browser, relay, "alice", alice.address)
         code = code_shown(browser, relay, oauth_server)
         oauth_server.deny_device(code)
         wait_until("the refusal was shown", lambda: "declined" in status(browser))

@@ -17,7 +17,16 @@ from typing import Any
 import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser import WebRelay, chromium, click, page_text, snap, text_of, web_relay
+from tests.browser import (
+    WebRelay,
+    chromium,
+    click,
+    open_invited_page,
+    page_text,
+    snap,
+    text_of,
+    web_relay,
+)
 from tests.peers.mailpeers import MailAccount, MailPeers
 from tests.peers.oauthserver import DEFAULT_SCOPES, AuthorizationServer
 from tests.test_end_to_end import find_by_subject, message_text
@@ -147,10 +156,8 @@ def test_oauth2_sign_in_in_the_browser_then_xoauth2_submission_works(
     alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
     providers = lab(mail_peers, oauth2=oauth2_section(oauth_server, tmp_path / "oauth"))
     with web_relay(tmp_path / "relay", providers, upstream=FAST) as relay:
-        link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
         with chromium() as browser:
-            browser.get(link)
-            click(browser, "#continue")
+            open_invited_page(browser, relay, "alice", alice.address)
             assert f"{relay.base}/oauth2/callback" in text_of(browser, "#redirect-uri")
             click(browser, "#sign-in-button")
             snap(browser, "oauth-01-signed-in")
@@ -175,10 +182,8 @@ def test_signing_in_as_another_account_is_refused_and_stores_nothing(
     providers = lab(mail_peers, oauth2=oauth2_section(oauth_server, tmp_path / "oauth"))
     oauth_server.signed_in_as = bob.address
     with web_relay(tmp_path / "relay", providers, upstream=FAST) as relay:
-        link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
         with chromium() as browser:
-            browser.get(link)
-            click(browser, "#continue")
+            open_invited_page(browser, relay, "alice", alice.address)
             click(browser, "#sign-in-button")
             snap(browser, "oauth-03-wrong-account")
             message = text_of(browser, "#message")

@@ -15,7 +15,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser import chromium, click, snap, text_of, web_relay
+from tests.browser import chromium, click, open_invited_page, snap, text_of, web_relay
 from tests.peers.mailpeers import MailPeers
 from tests.test_end_to_end import find_by_subject
 from tests.test_web_enrollment import lab
@@ -53,10 +53,8 @@ def test_each_stage_shows_while_the_test_still_runs(
     providers["lab"]["imap"] = {"host": "127.0.0.1", "port": silent_imap, "tls": "implicit"}
     upstream = {"connect_timeout": 4, "timeout": 4}
     with web_relay(tmp_path / "relay", providers, upstream=upstream) as relay:
-        link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
         with chromium() as browser:
-            browser.get(link)
-            click(browser, "#continue")
+            open_invited_page(browser, relay, "alice", alice.address)
             browser.find_element(By.CSS_SELECTOR, "#password").send_keys(alice.password)
             browser.find_element(By.CSS_SELECTOR, "#test").click()
 
@@ -91,10 +89,8 @@ def test_a_test_mail_goes_to_the_typed_address_and_the_page_shows_the_reply(
     alice, bob = mail_peers.accounts["alice"], mail_peers.accounts["bob"]
     fast = {"connect_timeout": 5, "timeout": 10}
     with web_relay(tmp_path / "relay", lab(mail_peers), upstream=fast) as relay:
-        link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
         with chromium() as browser:
-            browser.get(link)
-            click(browser, "#continue")
+            open_invited_page(browser, relay, "alice", alice.address)
             browser.find_element(By.CSS_SELECTOR, "#send-to").send_keys("bob@example")
             browser.find_element(By.CSS_SELECTOR, "#password").send_keys(alice.password)
             click(browser, "#test")

@@ -13,7 +13,16 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.browser import WebRelay, chromium, click, page_text, snap, text_of, web_relay
+from tests.browser import (
+    WebRelay,
+    chromium,
+    click,
+    open_invited_page,
+    page_text,
+    snap,
+    text_of,
+    web_relay,
+)
 from tests.peers.mailpeers import MailPeers
 from tests.peers.oauthserver import AuthorizationServer
 from tests.test_end_to_end import find_by_subject
@@ -80,10 +89,8 @@ def test_a_returning_user_signs_in_at_their_provider_and_unknown_accounts_get_no
     alice, carol = mail_peers.accounts["alice"], "carol@example.org"
     providers = lab(mail_peers, oauth2=oauth2_section(oauth_server, tmp_path / "oauth"))
     with web_relay(tmp_path / "relay", providers, upstream=FAST) as relay:
-        link = relay.invite("alice", "--provider", "lab", "--email", alice.address)
         with chromium() as browser:
-            browser.get(link)
-            click(browser, "#continue")
+            open_invited_page(browser, relay, "alice", alice.address)
             click(browser, "#sign-in-button")
             click(browser, "#test-sign-in")
             assert "You are all set" in page_text(browser)
