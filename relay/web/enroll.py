@@ -162,9 +162,8 @@ def user_state(user: User, grant: OAuthGrant | None, pending: Invitation | None)
     return "awaiting-check" if user.awaiting_check else "disabled"
 
 
-def holds_secret(site: Site, user: User) -> bool:
+def holds_secret(user: User, grant: OAuthGrant | None) -> bool:
     """Whether relay holds something to test the user with: a password or a live grant."""
     if user.auth is UpstreamAuth.PASSWORD:
         return user.sealed_secret is not None
-    grant = site.store.grants.get(user.login)
     return grant is not None and grant.sealed_refresh is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from relay.model import UpstreamAuth, User
+from relay.model import OAuthGrant, UpstreamAuth, User
 from relay.oauth.lifetimes import DAY, GrantEnd, Rule, grant_end, shown_time
 from relay.web.site import Site
 
@@ -22,11 +22,12 @@ class GrantAge:
     date: str = ""
 
 
-def grant_age(site: Site, user: User, now: float | None = None) -> GrantAge | None:
+def grant_age(
+    site: Site, user: User, grant: OAuthGrant | None, now: float | None = None
+) -> GrantAge | None:
     """The line for user's grant; None when relay keeps no OAuth2 sign-in for them."""
     if user.auth is not UpstreamAuth.OAUTH2:
         return None
-    grant = site.store.grants.get(user.login)
     if grant is None or grant.authorized_at is None or grant.sealed_refresh is None:
         return None
     now = time.time() if now is None else now

@@ -88,6 +88,7 @@ async def _page(
     pending = site.store.invitations.pending().get(user.login)
     failed = report.failed if report else None
     enrolled = user.local_hash != NO_LOCAL_SECRET
+    holds = holds_secret(user, grant)
     response = site.render(
         request,
         "page.html",
@@ -95,8 +96,8 @@ async def _page(
         state=user_state(user, grant, pending),
         provider=provider_label(site, user),
         oauth=provider is not None and provider.oauth2 is not None,
-        has_grant=user.auth is UpstreamAuth.OAUTH2 and holds_secret(site, user),
-        holds_password=user.auth is UpstreamAuth.PASSWORD and holds_secret(site, user),
+        has_grant=user.auth is UpstreamAuth.OAUTH2 and holds,
+        holds_password=user.auth is UpstreamAuth.PASSWORD and holds,
         redirect_uri=site.redirect_uri,
         steps=catalogue.items(steps_key),
         mistakes=catalogue.items(steps_key.replace("steps.", "mistakes.", 1)),
@@ -106,9 +107,9 @@ async def _page(
         enrolled=enrolled,
         activity=await read_activity(site, user.login) if enrolled else None,
         device_offered=offers_device(provider),
-        grant_age=grant_age(site, user),
+        grant_age=grant_age(site, user, grant),
     )
-    origin = sign_in_origin(site.provider(user))
+    origin = sign_in_origin(provider)
     response[FORM_ACTION_KEY] = () if origin is None else (origin,)
     return response
 

@@ -96,7 +96,7 @@ async def _asked(request: web.Request) -> tuple[Site, TestAsked | Notice]:
     send_to = mail_address(typed_address) if typed_address else None
     if typed_address and send_to is None:
         return site, ("test.bad_address", {"address": typed_address[:100]})
-    if password is None and not holds_secret(site, user):
+    if password is None and not holds_secret(user, site.store.grants.get(user.login)):
         return site, ("password.missing", {})
     return site, TestAsked(user, password, send_to)
 
