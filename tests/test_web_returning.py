@@ -52,7 +52,9 @@ def test_a_returning_user_signs_in_with_the_password_their_mailbox_takes(
         with chromium() as browser:
             browser.get(relay.base + "/")
             snap(browser, "returning-01-sign-in")
-            assert "no new password to remember" in text_of(browser, "#signin-intro").casefold()
+            intro = text_of(browser, "#signin-intro")
+            assert "no new password to remember" in intro.casefold()
+            assert "sign in at your provider" not in intro  # no provider here has a sign-in
 
             sign_in(browser, relay, "nobody@example.org", alice.password)
             unknown = text_of(browser, "#notice")
@@ -98,6 +100,7 @@ def test_a_returning_user_signs_in_at_their_provider_and_unknown_accounts_get_no
 
         with chromium() as browser:  # another day, another browser: no link
             browser.get(relay.base + "/")
+            assert "sign in at your provider" in text_of(browser, "#signin-intro")
             click(browser, "#sign-in-lab")
             snap(browser, "returning-04-oauth2")
             assert f"Signed in as {alice.address}" in text_of(browser, "#notice")
