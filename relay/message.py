@@ -34,6 +34,8 @@ _PLAIN_MAILBOX = re.compile(
     rf"(?P<bare>{_DOT_ATOM_ADDRESS})"
     rf"|(?:[A-Za-z0-9 ._'-]*|\"[A-Za-z0-9 ._',-]*\")[ \t]*<(?P<angle>{_DOT_ATOM_ADDRESS})>"
 )
+# A plain address that every parser reads as itself (no quoting, comments or route).
+DOT_ATOM_ADDRESS = re.compile(_DOT_ATOM_ADDRESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,7 @@ def header_fields(header: bytes) -> list[bytes]:
 
 def field_name(field: bytes) -> str:
     """The lower-cased name of a header field."""
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+    return field.partition(b":")[0].strip().lower().decode("ascii", "replace")
 
 
 def field_value(field: bytes) -> str:
@@ -202,30 +204,32 @@ def prepare(
     fields = header_fields(bytes(data[:end]))
     if local_names:
         fields = qualified_senders(fields, user)
-    names = [field_name(f) for f in fields]
+    # Each field's name, read once: prepare looks at every name four times.
+    named = [(field_name(f), f) for f in fields]
+    names = {name for name, _ in named}
     domain = user.email.rpartition("@")[2]
     if "date" not in names:
-        fields.append(b"Date: " + email.utils.formatdate(now, localtime=True).encode())
-    message_ids = [field_value(f) for f in fields if field_name(f) == "message-id"]
+        named.append(("date", b"Date: " + email.utils.formatdate(now, localtime=True).encode()))
+    message_ids = [field_value(f) for name, f in named if name == "message-id"]
     message_id = usable_message_id(message_ids[0], domain) if message_ids else None
     if message_id is None or len(message_ids) > 1 or message_id != message_ids[0]:
         # One Message-ID (RFC 5322 §3.6), and one relay can use everywhere (see MESSAGE_ID).
         message_id = message_id or email.utils.make_msgid(domain=domain)
-        fields = [f for f in fields if field_name(f) != "message-id"]
-        fields.append(b"Message-ID: " + message_id.encode())
+        named = [(name, f) for name, f in named if name != "message-id"]
+        named.append(("message-id", b"Message-ID: " + message_id.encode()))
     sender = mail_from
     if user.rewrite_from:
         sender = user.email
         mailbox = email.utils.formataddr((_one_line(user.display_name), user.email)).encode()
-        fields = [_rewritten(f, mailbox) for f in fields]
+        named = [(name, _rewritten(name, f, mailbox)) for name, f in named]
         if "from" not in names:
-            fields.append(b"From: " + mailbox)
-    upstream_header = _join([f for f in fields if field_name(f) != "bcc"])
+            named.append(("from", b"From: " + mailbox))
+    upstream_header = _join([f for name, f in named if name != "bcc"])
     return PreparedMessage(
         # The one copy of the body: memoryview slices copy nothing before the join.
         upstream=b"".join((upstream_header, memoryview(data)[end:])),
         body_offset=len(upstream_header),
-        sent_header=_join(fields),
+        sent_header=_join([f for _, f in named]),
         message_id=message_id,
         sender=sender,
         app_message_id=bool(message_ids and message_ids[0]),
@@ -285,8 +289,7 @@ def addresses_by_both_parsers(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _rewritten(field: bytes, mailbox: bytes) -> bytes:
-    name = field_name(field)
+def _rewritten(name: str, field: bytes, mailbox: bytes) -> bytes:
     return _FIELD_NAMES[name].encode() + b": " + mailbox if name in ("from", "sender") else field
 
 

@@ -27,7 +27,10 @@ class Reply:
     def line(self) -> str:
         """The reply as one line of at most 510 octets, the hint kept whole at its end."""
         head = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
-        text = " ".join("".join(c if c.isprintable() else " " for c in self.text).split())
+        text = self.text
+        if not text.isprintable():  # one C pass for the usual reply, a Python one otherwise
+            text = "".join(c if c.isprintable() else " " for c in text)
+        text = " ".join(text.split())
         tail = f" (hint: {self.hint})" if self.hint else ""
         room = REPLY_LINE_BYTES - len(head.encode()) - len(tail.encode())
         encoded = text.encode("utf-8", "replace")

@@ -417,6 +417,22 @@ async def test_a_logged_in_session_is_not_closed_by_the_unauthenticated_deadline
             assert (await client.send(b"NOOP\r\n")).code == 250
 
 
+async def test_a_logged_in_session_stays_open_while_it_talks_and_closes_once_idle_too_long(
+    users: Users, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relay.daemon.IDLE_CLIENT_TIMEOUT", 0.6)
+    async with defended_relay(users, tmp_path) as relay:
+        async with clients() as opened:
+            client = await connect(relay.port, opened)
+            assert (await client.send(plain("alice", users.alice))).code == 235
+            for _ in range(4):  # 1.2 s in all, never 0.6 s without a command
+                await asyncio.sleep(0.3)
+                assert (await client.send(b"NOOP\r\n")).code == 250
+            began = time.monotonic()
+            assert await asyncio.wait_for(client.reader.read(), WAIT_LIMIT) == b""
+            assert 0.4 < time.monotonic() - began < 0.6 + 0.5
+
+
 @pytest.mark.parametrize("value", [0, 1.5, "half", True])
 def test_unauthenticated_share_must_be_a_fraction_up_to_one(tmp_path: Path, value: object) -> None:
     lab = "  lab:\n    smtp: {host: mail.example.org, port: 587, tls: starttls}\n"

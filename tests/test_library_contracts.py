@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 from pathlib import Path
 
 import aiosmtpd.smtp
@@ -22,7 +23,12 @@ from aiosmtpd.smtp import SMTP
 from relay.cli.command import main
 from relay.daemon import check_libraries
 from relay.errors import LibraryMismatch
-from relay.listener.protocol import AIOSMTPD_INTERNALS, AIOSMTPD_SESSION_INTERNALS, RelaySMTP
+from relay.listener.protocol import (
+    AIOSMTPD_INTERNALS,
+    AIOSMTPD_SESSION_INTERNALS,
+    RelaySMTP,
+    SignedHook,
+)
 from relay.upstream.pipelining import AIOSMTPLIB_PIPELINING, pipelining_gaps
 from relay.upstream.senddata import AIOSMTPLIB_INTERNALS
 from tests.harness import write_config
@@ -58,6 +64,30 @@ async def test_sessions_and_handlers_are_scanned_with_dir_for_the_prefixes_relay
     assert "for m in dir(handler)" in init and 'm.startswith("handle_")' in init
     assert "for m in dir(self)" in init and 'm.startswith("smtp_")' in init
     assert 'mname.startswith("auth_")' in init
+
+
+def test_the_idle_timer_is_reset_through_one_method_and_its_handle_is_cancelled_at_close() -> None:
+    # RelaySMTP overrides _reset_timeout to move a deadline, and keeps one timer in
+    # _timeout_handle: aiosmtpd must keep arming it only there and cancelling it at close.
+    assert list(inspect.signature(SMTP._reset_timeout).parameters) == ["self", "duration"]
+    assert "self._reset_timeout()" in inspect.getsource(SMTP._handle_client)
+    assert "self._timeout_handle.cancel()" in inspect.getsource(SMTP.connection_lost)
+    assert "self.transport.close()" in inspect.getsource(SMTP._timeout_cb)
+    # Assigned only twice: None in __init__, a new timer in _reset_timeout.
+    assert len(re.findall(r"self\._timeout_handle\b[^=\n]*= ", AIOSMTPD_SOURCE)) == 2
+
+
+def test_an_object_with_a_signature_attribute_is_answered_from_it() -> None:
+    # The EHLO hook aiosmtpd inspects per session is a SignedHook: inspect must use its
+    # __signature__ (PEP 362) rather than read a wrapped function's parameters.
+    def hook(
+        server: object, session: object, envelope: object, name: str, lines: list[str]
+    ) -> None:
+        del server, session, envelope, name, lines
+
+    signed = SignedHook(hook)
+    assert inspect.signature(signed) is signed.__signature__
+    assert len(inspect.signature(signed).parameters) == 5
 
 
 def test_each_connection_gives_the_session_the_stream_relay_reads_data_from() -> None:

@@ -12,14 +12,19 @@ import aiosmtplib
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from relay.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
+from relay.message import DOT_ATOM_ADDRESS
 from relay.model import Secret
 from relay.providers.presets import Endpoint, TlsMode
 from relay.tls import TlsContexts
 from relay.upstream.account import SendOutcome, UpstreamAccount, UpstreamTimeouts
-from relay.upstream.pipelining import ReplyIntake
+from relay.upstream.envelope import Upstream as UpstreamEnvelope
+from relay.upstream.pipelining import ReplyIntake, envelope_commands
 from relay.upstream.pool import PoolSettings, UpstreamPool
 from relay.upstream.replyparser import ReplyParser
 from tests.peers.mailpeers import MailPeers
@@ -174,6 +179,18 @@ async def test_mail_every_rcpt_and_data_arrive_in_one_write_and_the_body_in_a_se
     [received] = scene.handler.received
     assert received.recipients == ["b@example.net", "c@example.net", "d@example.net"]
     assert received.data == MESSAGE
+
+
+PRINTABLE_ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+
+
+@given(st.from_regex(DOT_ATOM_ADDRESS, fullmatch=True) | st.text(PRINTABLE_ASCII, max_size=40))
+@example('"quoted local"@example.org')
+@example("Name <a@example.org>")
+@example("")
+def test_every_address_is_written_as_aiosmtplib_would_quote_it(address: str) -> None:
+    expected = b"MAIL FROM:" + quote_address(address).encode() + b"\r\nDATA\r\n"
+    assert envelope_commands(address, [], UpstreamEnvelope(), []) == expected
 
 
 async def test_refused_recipients_among_accepted_ones_are_sorted_and_the_rest_delivered(

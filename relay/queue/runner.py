@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -132,7 +131,7 @@ class QueueRunner:
         size = prepared.size + (staged.size if staged is not None else 0)
         if self.pause.paused:
             return Refused(NO_STORAGE)
-        if shutil.disk_usage(self._spool.path.parent).free - size < queue.min_free_bytes:
+        if not self.pause.space.room_for(size, queue.min_free_bytes):
             logger.error("queue.disk_low user=%s size=%d", user.login, size)
             return Refused(NO_STORAGE)
         queue_id = secrets.token_hex(8)

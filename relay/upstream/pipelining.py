@@ -18,6 +18,7 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import SMTPProtocol
 
+from relay.message import DOT_ATOM_ADDRESS
 from relay.upstream.envelope import Upstream
 from relay.upstream.replyparser import ReplyParser
 from relay.upstream.verdicts import RecipientVerdicts, lost_before_mail, mail_refusal
@@ -53,7 +54,11 @@ def envelope_commands(
 def _command(
     verb: bytes, prefix: bytes, address: str, options: Iterable[str], encoding: str
 ) -> bytes:
-    args = [verb, prefix + quote_address(address).encode(encoding)]
+    # aiosmtplib's quote_address runs the email parser: 1% of relay's CPU a mail, for the plain
+    # addresses apps give, which it would give back as they are.
+    plain = DOT_ATOM_ADDRESS.fullmatch(address) is not None
+    quoted = f"<{address}>" if plain else quote_address(address)
+    args = [verb, prefix + quoted.encode(encoding)]
     args += [option.encode("ascii") for option in options]
     if any(_CONTROL.search(arg) for arg in args):
         raise ValueError("Command arg contains a prohibited control character")
