@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from relay.model import Secret
-from relay.ops.logs import RedactingFilter, configure_logging, parse_fields, syslog_priority
+from relay.ops.logs import (
+    RedactingFilter,
+    TextFormatter,
+    configure_logging,
+    parse_fields,
+    syslog_priority,
+)
 
 SECRET = "Zq8vN2pLx4RtYw9Kc3Hm7Bd5Fs1Gj6Ua"
 APP_PASSWORD = "abcd efgh ijkl mnop"
@@ -405,3 +411,15 @@ def test_secret_next_to_control_characters_is_still_redacted(fmt: str) -> None:
     if fmt == "text":
         assert output.splitlines()[0].endswith("detail=\\x1b***\\u2028***\\x85")
         assert output.splitlines()[1].endswith("password=***")
+
+
+def test_each_text_line_is_stamped_with_its_own_time_to_the_millisecond() -> None:
+    formatter, plain = TextFormatter(journald=False), logging.Formatter()
+    records = [logging.makeLogRecord({"msg": "x", "created": created}) for created in STAMPS]
+    for record in records:
+        record.msecs = int((record.created - int(record.created)) * 1000)
+    assert [formatter.formatTime(r) for r in records] == [plain.formatTime(r) for r in records]
+
+
+# Within one second, in the next, back to an earlier one (a thread's record formatted late).
+STAMPS = [1764763200.001, 1764763200.999, 1764763201.5, 1764763200.25, 1764849600.0]

@@ -103,6 +103,8 @@ AIOSMTPD_REPLIES: Mapping[str, Reply] = MappingProxyType(
         "500 Error: Cannot describe error": LOCAL_ERROR,
     }
 )
+# Each as it goes on the wire, worked out once: three of them answer every mail.
+_LINES = {said: reply.line for said, reply in AIOSMTPD_REPLIES.items()}
 # Replies aiosmtpd builds around a value: (its prefix, relay's code and enhanced code).
 _PREFIXED = (
     ("250 Syntax: ", 250, "2.0.0"),
@@ -117,9 +119,9 @@ def reworded(line: str) -> str:
     if line[3:4] == "-" or _ENHANCED.match(line) or line[:3] in ("220", "235", "334", "354"):
         # Continuation lines are EHLO's (and relay's own); 220/334/354 take no enhanced code.
         return _exact(line)
-    reply = AIOSMTPD_REPLIES.get(line)
-    if reply is not None:
-        return reply.line
+    known = _LINES.get(line)
+    if known is not None:
+        return known
     unknown = _UNKNOWN_COMMAND.fullmatch(line)
     if unknown is not None:
         return unknown_command(unknown[1]).line
@@ -135,5 +137,4 @@ def reworded(line: str) -> str:
 
 def _exact(line: str) -> str:
     """Lines that carry an enhanced code but aiosmtpd's 'Error:' wording."""
-    reply = AIOSMTPD_REPLIES.get(line)
-    return line if reply is None else reply.line
+    return _LINES.get(line, line)

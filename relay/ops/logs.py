@@ -12,6 +12,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 import traceback
 import unicodedata
 import warnings
@@ -210,6 +211,21 @@ class TextFormatter(logging.Formatter):
     def __init__(self, journald: bool) -> None:
         super().__init__(JOURNAL_FORMAT if journald else TEXT_FORMAT)
         self.journald = journald
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def formatTime(  # noqa: N802  (logging's name)
+        self, record: logging.LogRecord, datefmt: str | None = None
+    ) -> str:
+        # logging's own: localtime() and strftime() for every line, a tenth of a line's cost.
+        # The text of a second is kept, and only the milliseconds are added per line.
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        kept, text = self._second
+        if kept != second:
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (logging's name)
         # One event, one line: a provider's reply or an app's header must not be able to forge
