@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     at           REAL NOT NULL,
     reply        TEXT NOT NULL
 ) STRICT;
+-- Deleting a message finds its attempts through this (ON DELETE CASCADE): without it, every
+-- delivered mail's delete read the attempts of all deferred mail. IF NOT EXISTS adds it to a
+-- spool made before it at the next start, and a relay that predates it can still open it.
+CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_seq);
 CREATE TABLE IF NOT EXISTS user_status (
     login              TEXT PRIMARY KEY,
     last_delivered_at  REAL,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from relay.model import EnvelopeParams, Notify, RecipientNotice
 from relay.queue.bodies import insert_body, insert_body_file
 from relay.queue.bodies import select_data as select_data  # re-exported: tests read with it
 from relay.queue.records import AttemptRecord, NewMessage, QueueEntry, QueueStats, RecipientState
 from relay.queue.sentjobs import count_jobs, insert_from_message
+from relay.reply import Reply
 
 R = TypeVar("R")
 Write = Callable[[sqlite3.Connection], R]  # one write of a group transaction
@@ -45,19 +46,16 @@ def insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -
 
 def _insert_message(db: sqlite3.Connection, message: NewMessage, window: float) -> str | None:
     if message.fingerprint is not None:
-        cutoff = message.received_at - window
-        db.execute(
-            "DELETE FROM accepted WHERE fingerprint = ? AND at < ?", (message.fingerprint, cutoff)
-        )
-        row = db.execute(
-            "SELECT id FROM accepted WHERE fingerprint = ?", (message.fingerprint,)
-        ).fetchone()
-        if row is not None:
+        # One statement: a fingerprint older than the window is taken over, a fresh one is left
+        # as it is (no row changed), and the message is then a duplicate.
+        taken = db.execute(
+            "INSERT INTO accepted (fingerprint, id, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (fingerprint) DO UPDATE SET id = excluded.id, at = excluded.at "
+            "WHERE at < ?",
+            (message.fingerprint, message.id, message.received_at, message.received_at - window),
+        ).rowcount
+        if not taken:
             return None
-        db.execute(
-            "INSERT INTO accepted (fingerprint, id, at) VALUES (?, ?, ?)",
-            (message.fingerprint, message.id, message.received_at),
-        )
     cursor = db.execute(
         "INSERT INTO messages (id, login, sender, message_id, received_at, next_attempt, "
         "is_bounce, body_offset, sent_header, claimed_at, smtputf8, dsn_ret, dsn_envid) "
@@ -80,14 +78,11 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage, window: float) 
         ),
     )
     seq = cursor.lastrowid
-    notice = message.params.notice
+    notices = [(r, message.params.notice(r)) for r in message.recipients]
     db.executemany(
         "INSERT OR IGNORE INTO recipients (message_seq, address, state, notify, orcpt) "
         "VALUES (?, ?, ?, ?, ?)",
-        [
-            (seq, r, RecipientState.PENDING.value, _notify_text(notice(r)), notice(r).orcpt)
-            for r in message.recipients
-        ],
+        [(seq, r, RecipientState.PENDING.value, _notify_text(n), n.orcpt) for r, n in notices],
     )
     if message.staged is None:
         insert_body(db, seq, message.upstream_data)
@@ -96,16 +91,24 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage, window: float) 
     return message.id
 
 
-def _note_user_status(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
-    login = db.execute("SELECT login FROM messages WHERE seq = ?", (seq,)).fetchone()[0]
-    db.execute("INSERT OR IGNORE INTO user_status (login) VALUES (?)", (login,))
-    if attempt.delivered:
-        db.execute("UPDATE user_status SET last_delivered_at = ? WHERE login = ?", (now, login))
-    if attempt.deferred or attempt.failed:
-        db.execute(
-            "UPDATE user_status SET last_error = ?, last_error_at = ? WHERE login = ?",
-            (attempt.reply, now, login),
-        )
+def _note_user_status(
+    db: sqlite3.Connection, login: str, attempt: AttemptRecord, now: float
+) -> None:
+    erred = bool(attempt.deferred or attempt.failed)
+    # NULL leaves the user's earlier time or error as it was.
+    db.execute(
+        "INSERT INTO user_status (login, last_delivered_at, last_error, last_error_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (login) DO UPDATE SET "
+        "last_delivered_at = coalesce(excluded.last_delivered_at, last_delivered_at), "
+        "last_error = coalesce(excluded.last_error, last_error), "
+        "last_error_at = coalesce(excluded.last_error_at, last_error_at)",
+        (
+            login,
+            now if attempt.delivered else None,
+            attempt.reply if erred else None,
+            now if erred else None,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,32 +138,61 @@ def apply_attempt(
     db: sqlite3.Connection, message_id: str, attempt: AttemptRecord, now: float
 ) -> QueueEntry | None:
     """Record one attempt's outcome per recipient and the next try, in the caller's transaction."""
-    row = db.execute("SELECT seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = db.execute(
+        _AFTER_ATTEMPT,
+        (
+            attempt.next_attempt,
+            attempt.reply,
+            attempt.in_doubt_since,
+            int(attempt.resent_in_doubt),
+            message_id,
+        ),
+    ).fetchone()
     if row is None:
         return None
-    seq = row[0]
-    first_delivery = (
-        attempt.delivered
-        and not db.execute(
-            "SELECT 1 FROM recipients WHERE message_seq = ? AND state = ?",
-            (seq, RecipientState.DELIVERED.value),
-        ).fetchone()
-    )
-    if first_delivery and attempt.sent_job is not None:
+    seq, *fields = row
+    rows = db.execute(_RECIPIENTS, (seq,)).fetchall()
+    states = _states(rows)
+    delivered_before = RecipientState.DELIVERED in (state for state, _ in states.values())
+    for state, replies in _outcomes(attempt):
+        for address, reply in replies.items():
+            if address in states:
+                states[address] = (state, reply.line)
+    done = all(state is RecipientState.DELIVERED for state, _ in states.values())
+    entry = _queue_entry(fields, states, rows, removed=done)
+    if attempt.delivered and not delivered_before and attempt.sent_job is not None:
         # In the same transaction as the delivery, so a crash cannot lose the Sent copy.
         insert_from_message(db, seq, attempt.sent_job, now)
     if attempt.bounce is not None:
         # Likewise the DSN: a failure recorded without it would leave the sender never told.
         insert_message(db, attempt.bounce, 0.0)
-    for state, replies in (
+    _note_user_status(db, entry.login, attempt, now)
+    if done:
+        # Deleting in the same transaction saves a second fsync per mail. The recipients'
+        # states, the counts and the attempt's row would go with it, so they are not written.
+        db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+    else:
+        _write_outcome(db, seq, attempt, now)
+    return entry
+
+
+def _outcomes(attempt: AttemptRecord) -> tuple[tuple[RecipientState, dict[str, Reply]], ...]:
+    """Each recipient state with the attempt's replies that set it, in the order applied."""
+    return (
         (RecipientState.DELIVERED, attempt.delivered),
         (RecipientState.FAILED, attempt.failed),
         (RecipientState.PENDING, attempt.deferred),
-    ):
-        db.executemany(
-            "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
-            [(state.value, reply.line, seq, address) for address, reply in replies.items()],
-        )
+    )
+
+
+def _write_outcome(db: sqlite3.Connection, seq: int, attempt: AttemptRecord, now: float) -> None:
+    """The attempt's row, and what it changed of a message that stays queued."""
+    for state, replies in _outcomes(attempt):
+        if replies:
+            db.executemany(
+                "UPDATE recipients SET state = ?, reply = ? WHERE message_seq = ? AND address = ?",
+                [(state.value, reply.line, seq, address) for address, reply in replies.items()],
+            )
     db.execute(
         "UPDATE messages SET attempts = attempts + 1, last_reply = ?, next_attempt = ?, "
         "claimed_at = ?, resent_in_doubt = resent_in_doubt + ? WHERE seq = ?",
@@ -176,13 +208,6 @@ def apply_attempt(
         "INSERT INTO attempts (message_seq, at, reply) VALUES (?, ?, ?)",
         (seq, now, attempt.reply),
     )
-    _note_user_status(db, seq, attempt, now)
-    [entry] = select_entries(db, None, message_id)
-    if all(state is RecipientState.DELIVERED for state, _ in entry.recipients.values()):
-        # Done: deleting in the same transaction saves a second fsync per mail.
-        db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-        entry = replace(entry, removed=True)
-    return entry
 
 
 def select_stats(db: sqlite3.Connection, now: float) -> QueueStats:
@@ -281,15 +306,30 @@ def delete_accepted_before(db: sqlite3.Connection, cutoff: float) -> None:
     db.execute("DELETE FROM accepted WHERE at < ?", (cutoff,))
 
 
+# A message row's seq, then the columns _queue_entry takes.
+_ENTRIES = (
+    "SELECT seq, id, login, sender, message_id, received_at, next_attempt, attempts, "
+    "last_reply, is_bounce, warned, claimed_at, resent_in_doubt, smtputf8, dsn_ret, dsn_envid "
+    "FROM messages"
+)
+# The same columns as an attempt leaves them: the values its UPDATE (_write_outcome) writes.
+_AFTER_ATTEMPT = (
+    "SELECT seq, id, login, sender, message_id, received_at, ?, attempts + 1, ?, "
+    "is_bounce, warned, ?, resent_in_doubt + ?, smtputf8, dsn_ret, dsn_envid "
+    "FROM messages WHERE id = ?"
+)
+_RECIPIENTS = (
+    "SELECT address, state, reply, notify, orcpt FROM recipients WHERE message_seq = ? "
+    "ORDER BY rowid"
+)
+RecipientRow = tuple[str, str, str, str, str | None]  # address, state, reply, notify, orcpt
+
+
 def select_entries(
     db: sqlite3.Connection, due_before: float | None, message_id: str | None = None
 ) -> list[QueueEntry]:
     """Entries (all, due ones, or one by id) in order of acceptance, with their recipients."""
-    query = (
-        "SELECT seq, id, login, sender, message_id, received_at, next_attempt, attempts, "
-        "last_reply, is_bounce, warned, claimed_at, resent_in_doubt, smtputf8, dsn_ret, "
-        "dsn_envid FROM messages"
-    )
+    query = _ENTRIES
     where: list[str] = []
     args: list[object] = []
     if due_before is not None:
@@ -300,39 +340,47 @@ def select_entries(
         args.append(message_id)
     if where:
         query += " WHERE " + " AND ".join(where)
-    rows = db.execute(query + " ORDER BY seq", args).fetchall()
     entries = []
-    for seq, *fields in rows:
-        rows = db.execute(
-            "SELECT address, state, reply, notify, orcpt FROM recipients WHERE message_seq = ? "
-            "ORDER BY rowid",
-            (seq,),
-        ).fetchall()
-        recipients = {address: (RecipientState(state), reply) for address, state, reply, *_ in rows}
-        notices = tuple(
-            (address, RecipientNotice(_notify_set(notify), orcpt))
-            for address, _, _, notify, orcpt in rows
-            if notify or orcpt
-        )
-        entries.append(
-            QueueEntry(
-                id=fields[0],
-                login=fields[1],
-                sender=fields[2],
-                message_id=fields[3],
-                received_at=fields[4],
-                next_attempt=fields[5],
-                attempts=fields[6],
-                last_reply=fields[7],
-                is_bounce=bool(fields[8]),
-                warned=bool(fields[9]),
-                recipients=recipients,
-                claimed_at=fields[10],
-                resent_in_doubt=fields[11],
-                params=EnvelopeParams(bool(fields[12]), fields[13], fields[14], notices),
-            )
-        )
+    for seq, *fields in db.execute(query + " ORDER BY seq", args).fetchall():
+        rows = db.execute(_RECIPIENTS, (seq,)).fetchall()
+        entries.append(_queue_entry(fields, _states(rows), rows))
     return entries
+
+
+def _states(rows: list[RecipientRow]) -> dict[str, tuple[RecipientState, str]]:
+    """Each recipient's state and last reply, in the order they were given."""
+    return {address: (RecipientState(state), reply) for address, state, reply, *_ in rows}
+
+
+def _queue_entry(
+    fields: list[Any],
+    recipients: dict[str, tuple[RecipientState, str]],
+    rows: list[RecipientRow],
+    removed: bool = False,
+) -> QueueEntry:
+    """The entry of a message row (after seq), its recipients' states and their rows."""
+    notices = tuple(
+        (address, RecipientNotice(_notify_set(notify), orcpt))
+        for address, _, _, notify, orcpt in rows
+        if notify or orcpt
+    )
+    return QueueEntry(
+        id=fields[0],
+        login=fields[1],
+        sender=fields[2],
+        message_id=fields[3],
+        received_at=fields[4],
+        next_attempt=fields[5],
+        attempts=fields[6],
+        last_reply=fields[7],
+        is_bounce=bool(fields[8]),
+        warned=bool(fields[9]),
+        recipients=recipients,
+        removed=removed,
+        claimed_at=fields[10],
+        resent_in_doubt=fields[11],
+        params=EnvelopeParams(bool(fields[12]), fields[13], fields[14], notices),
+    )
 
 
 def _notify_text(notice: RecipientNotice) -> str:
