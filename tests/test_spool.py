@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ import trustme
 
 from relay.config.load import load_config
 from relay.errors import StoreError
-from relay.queue.records import AttemptRecord, NewMessage
+from relay.queue.records import AttemptRecord, NewMessage, RecipientState
 from relay.queue.schema import SCHEMA_VERSION, open_database
 from relay.queue.spool import Spool
-from relay.queue.statements import select_data
+from relay.queue.statements import select_data, select_user_status
 from relay.reply import Reply
 from tests.harness import running_daemon, write_config
 from tests.test_queue import eventually
@@ -177,3 +178,62 @@ def test_a_fresh_message_knows_its_queue_entry_before_any_attempt() -> None:
     entry = fresh.entry()
     assert (entry.id, entry.attempts, entry.pending) == ("c" * 16, 0, ["bob@example.net"])
     assert entry.next_attempt == fresh.received_at
+
+
+TWO = ("bob@example.net", "carol@example.net")
+LATER = Reply(451, "4.3.0", "later")
+TAKEN = Reply(250, "2.0.0", "taken")
+
+
+async def test_an_attempt_that_delivers_to_one_and_defers_the_other_keeps_the_mail_for_the_other(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path / "spool.sqlite")
+    try:
+        await spool.enqueue(replace(message("d" * 16, b"x\r\n"), recipients=TWO), 0.0)
+        retry_at = time.time() + 60
+        attempt = AttemptRecord(
+            {"bob@example.net": TAKEN}, {}, {"carol@example.net": LATER}, LATER.line, retry_at
+        )
+        returned = await spool.record("d" * 16, attempt)
+        stored = await spool.entry("d" * 16)
+    finally:
+        spool.close()
+    assert returned is not None and not returned.removed
+    assert returned == stored  # what the attempt returns is what the spool now holds
+    assert returned.recipients == {
+        "bob@example.net": (RecipientState.DELIVERED, TAKEN.line),
+        "carol@example.net": (RecipientState.PENDING, LATER.line),
+    }
+    assert (returned.attempts, returned.next_attempt, returned.last_reply) == (
+        1,
+        retry_at,
+        LATER.line,
+    )
+
+
+async def test_a_mail_delivered_to_all_is_gone_and_the_users_last_delivery_and_error_are_kept(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path / "spool.sqlite")
+    try:
+        await spool.enqueue(replace(message("e" * 16, b"x\r\n"), recipients=TWO), 0.0)
+        await spool.enqueue(message("f" * 16, b"x\r\n"), 0.0)
+        delivered = dict.fromkeys(TWO, TAKEN)
+        before = time.time()
+        done = await spool.record("e" * 16, AttemptRecord(delivered, {}, {}, TAKEN.line, 0.0))
+        deferred = {"bob@example.net": LATER}
+        await spool.record("f" * 16, AttemptRecord({}, {}, deferred, LATER.line, time.time() + 60))
+        gone = await spool.entry("e" * 16)
+    finally:
+        spool.close()
+    assert done is not None and done.removed and gone is None
+    db = open_database(tmp_path / "spool.sqlite")
+    try:
+        status = select_user_status(db)["alice"]
+        rows = db.execute("SELECT count(*) FROM attempts").fetchone()[0]
+    finally:
+        db.close()
+    assert status.last_delivered_at is not None and status.last_delivered_at >= before
+    assert status.last_error == LATER.line
+    assert rows == 1  # the deferred mail's attempt; the delivered one's went with its mail
