@@ -23,11 +23,11 @@ from aiosmtpd.smtp import SMTP
 from relay.cli.command import main
 from relay.daemon import check_libraries
 from relay.errors import LibraryMismatch
+from relay.listener.hooktable import SignedHook
 from relay.listener.protocol import (
     AIOSMTPD_INTERNALS,
     AIOSMTPD_SESSION_INTERNALS,
     RelaySMTP,
-    SignedHook,
 )
 from relay.upstream.pipelining import AIOSMTPLIB_PIPELINING, pipelining_gaps
 from relay.upstream.senddata import AIOSMTPLIB_INTERNALS

@@ -16,10 +16,11 @@ from relay.errors import PolicyRejection, RelayError, smtp_reply
 from relay.listener.answers import answer
 from relay.listener.authgate import Attempt, AuthBusy, AuthGate, Penalty
 from relay.listener.entry import local_names, pick_user
+from relay.listener.hooktable import HookTable
 from relay.listener.logins import name_user
 from relay.listener.offers import ehlo_lines, offers_smtputf8, size_limit
 from relay.listener.params import RelayEnvelope
-from relay.listener.protocol import HookTable, RelaySMTP
+from relay.listener.protocol import RelaySMTP
 from relay.listener.throttle import SendCounter
 from relay.message import prepare, sender_fields
 from relay.model import NO_PARAMS, User
