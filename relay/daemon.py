@@ -16,6 +16,7 @@ from relay.config.live import LiveConfig
 from relay.config.load import load_config
 from relay.config.model import ListenerConfig, OAuthSettings, RelayConfig
 from relay.errors import ConfigError, LibraryMismatch
+from relay.listener.commandlog import quiet_command_log
 from relay.listener.handler import RelayHandler, Services
 from relay.listener.protocol import RelaySMTP, aiosmtpd_gaps
 from relay.listener.sockets import open_server, session_class, tcp_addresses
@@ -378,6 +379,7 @@ def run_daemon(
 ) -> None:
     """`relay serve`: logging as configured, then the daemon until a signal stops it."""
     check_libraries()
+    quiet_command_log()
     lock_state_dir(config.state_dir)
     redactor = configure_logging(config.logging.level, config.logging.format, environ)
     verify_spool(config.spool_path, accept_damaged_spool)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtpd.smtp
@@ -23,6 +25,7 @@ from aiosmtpd.smtp import SMTP
 from relay.cli.command import main
 from relay.daemon import check_libraries
 from relay.errors import LibraryMismatch
+from relay.listener.commandlog import AIOSMTPD_COMMAND_LOG, quiet_command_log
 from relay.listener.hooktable import SignedHook
 from relay.listener.protocol import (
     AIOSMTPD_INTERNALS,
@@ -75,6 +78,58 @@ def test_the_idle_timer_is_reset_through_one_method_and_its_handle_is_cancelled_
     assert "self.transport.close()" in inspect.getsource(SMTP._timeout_cb)
     # Assigned only twice: None in __init__, a new timer in _reset_timeout.
     assert len(re.findall(r"self\._timeout_handle\b[^=\n]*= ", AIOSMTPD_SOURCE)) == 2
+
+
+def test_the_command_loop_logs_each_line_through_the_module_level_sanitized_log() -> None:
+    # quiet_command_log replaces aiosmtpd.smtp.sanitized_log: the loop must look it up there,
+    # as a module global, at every line (else relay pays the regex again, silently).
+    assert AIOSMTPD_COMMAND_LOG in SMTP._handle_client.__code__.co_names
+    assert AIOSMTPD_COMMAND_LOG in inspect.getsource(SMTP._handle_client)
+    assert callable(getattr(aiosmtpd.smtp, AIOSMTPD_COMMAND_LOG))
+
+
+async def _auth_line_to_aiosmtpd() -> None:
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(_Handler()), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readline()
+    for line in (b"EHLO app.example\r\n", b"AUTH PLAIN AGFwcABzM2NyM3Q=\r\n", b"QUIT\r\n"):
+        writer.write(line)
+        while (await reader.readline())[3:4] == b"-":
+            pass
+    writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.ERROR])
+async def test_quieted_command_lines_show_hidden_auth_at_debug_and_cost_nothing_when_off(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, level: int
+) -> None:
+    sanitized_log = aiosmtpd.smtp.sanitized_log
+    sanitized: list[str] = []
+
+    def counted(func: Callable[..., None], msg: str, *args: object) -> None:
+        sanitized.append(msg)
+        sanitized_log(func, msg, *args)
+
+    monkeypatch.setattr(aiosmtpd.smtp, AIOSMTPD_COMMAND_LOG, counted)
+    quiet_command_log()
+    quieted = aiosmtpd.smtp.sanitized_log
+    quiet_command_log()
+    assert aiosmtpd.smtp.sanitized_log is quieted  # installed twice, wrapped once
+    caplog.set_level(level, logger="mail.log")
+    await _auth_line_to_aiosmtpd()
+    lines = [r.getMessage() for r in caplog.records if r.name == "mail.log"]
+    if level == logging.ERROR:
+        assert (lines, sanitized) == ([], [])  # aiosmtpd's regex never ran
+    else:
+        assert any("AUTH PLAIN ********" in line for line in lines), lines
+        assert any("EHLO app.example" in line for line in lines), lines
+        assert not any("AGFwcABzM2NyM3Q" in line for line in lines)
+        assert sanitized
 
 
 def test_an_object_with_a_signature_attribute_is_answered_from_it() -> None:
